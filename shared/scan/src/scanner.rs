@@ -1,0 +1,288 @@
+//! Walks a tree into an index: stat everything, hash only what the cache cannot vouch for,
+//! on every core.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use hotsync_core::index::Node;
+use hotsync_core::{Entry, FileMeta, Hash, RelPath, TreeIndex};
+use walkdir::WalkDir;
+
+use crate::cache::{HashCache, StatKey};
+use crate::ignore_rules::IgnoreRules;
+
+/// A path the scanner could not take in, and why. The host leaves such paths alone on the
+/// agent (neither written nor deleted) and tells the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a scan found.
+#[derive(Default)]
+pub struct ScanReport {
+    pub skipped: Vec<Skipped>,
+    pub files_hashed: usize,
+    pub bytes_hashed: u64,
+}
+
+/// A tree on disk, its ignore rules and its hash cache.
+pub struct Scanner {
+    root: PathBuf,
+    pub rules: IgnoreRules,
+    pub cache: HashCache,
+}
+
+struct PendingFile {
+    path: RelPath,
+    key: StatKey,
+    executable: bool,
+}
+
+impl Scanner {
+    /// A scanner of `root`.
+    pub fn new(root: PathBuf, rules: IgnoreRules, cache: HashCache) -> Self {
+        Self { root, rules, cache }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Scans the whole tree.
+    pub fn scan_all(&mut self) -> io::Result<(TreeIndex, ScanReport)> {
+        let meta = fs::metadata(&self.root)?;
+        if !meta.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
+        }
+        self.rules.load_dir(None);
+        let mut index = TreeIndex::new();
+        let mut report = ScanReport::default();
+        let entries = self.walk(None, &mut report);
+        for (path, entry) in entries {
+            index.insert(&path, entry);
+        }
+        let live = |p: &str| RelPath::new(p).is_ok_and(|p| index.get(&p).is_some());
+        self.cache.retain_paths(live);
+        Ok((index, report))
+    }
+
+    /// Brings `index` up to date for `path` and everything below it, after a change there.
+    pub fn rescan(&mut self, index: &mut TreeIndex, path: &RelPath, report: &mut ScanReport) {
+        let abs = self.root.join(path.as_str());
+        let Ok(meta) = fs::symlink_metadata(&abs) else {
+            index.remove(path);
+            return;
+        };
+        if self.rules.is_excluded(path, meta.is_dir()) {
+            index.remove(path);
+            return;
+        }
+        // Parents' ignore files decide what is below; a new directory may bring its own.
+        let entries = self.walk(Some(path), report);
+        index.remove(path);
+        for (p, entry) in entries {
+            index.insert(&p, entry);
+        }
+    }
+
+    /// Walks from `start` (the root when `None`), returning its entries parents first.
+    fn walk(&mut self, start: Option<&RelPath>, report: &mut ScanReport) -> Vec<(RelPath, Entry)> {
+        let abs_start = start.map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()));
+        let root = self.root.clone();
+        let rules = &mut self.rules;
+        let mut entries = Vec::new();
+        let mut pending = Vec::new();
+        let walker = WalkDir::new(&abs_start).follow_links(false).into_iter().filter_entry(|e| {
+            let Some(rel) = relative(&root, e.path()) else { return e.depth() == 0 && start.is_none() };
+            let Ok(rel) = rel else { return false };
+            let is_dir = e.file_type().is_dir();
+            if rules.is_ignored(&rel, is_dir) {
+                return false;
+            }
+            if is_dir {
+                rules.load_dir(Some(&rel));
+            }
+            true
+        });
+        for item in walker {
+            let entry = match item {
+                Ok(e) => e,
+                Err(err) => {
+                    let path = err.path().map_or_else(String::new, |p| display_rel(&root, p));
+                    report.skipped.push(Skipped { path, reason: io_reason(err.io_error()) });
+                    continue;
+                }
+            };
+            let rel = match relative(&root, entry.path()) {
+                None => continue,
+                Some(Ok(rel)) => rel,
+                Some(Err(reason)) => {
+                    report.skipped.push(Skipped { path: display_rel(&root, entry.path()), reason });
+                    continue;
+                }
+            };
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                entries.push((rel, Entry::Dir));
+            } else if ft.is_symlink() {
+                match fs::read_link(entry.path()).map(|t| t.into_os_string().into_string()) {
+                    Ok(Ok(target)) => entries.push((rel, Entry::Symlink { target })),
+                    Ok(Err(_)) => report.skipped.push(Skipped {
+                        path: rel.to_string(),
+                        reason: "link target is not UTF-8".into(),
+                    }),
+                    Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: io_reason(Some(&e)) }),
+                }
+            } else if ft.is_file() {
+                match entry.metadata() {
+                    Ok(meta) => {
+                        let key = StatKey::of(&meta);
+                        let executable = meta.permissions().mode() & 0o111 != 0;
+                        match self.cache.hash(rel.as_str(), &key) {
+                            Some(hash) => entries.push((
+                                rel,
+                                Entry::File(FileMeta { size: key.size, executable, hash }),
+                            )),
+                            None => pending.push(PendingFile { path: rel, key, executable }),
+                        }
+                    }
+                    Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: e.to_string() }),
+                }
+            }
+            // Sockets, FIFOs and devices are not synced.
+        }
+        for (file, result) in hash_all(&self.root, &pending) {
+            match result {
+                Ok((hash, size)) => {
+                    report.files_hashed += 1;
+                    report.bytes_hashed += size;
+                    if size == file.key.size {
+                        self.cache.set_hash(file.path.as_str(), file.key, hash);
+                    }
+                    let meta = FileMeta { size, executable: file.executable, hash };
+                    entries.push((file.path.clone(), Entry::File(meta)));
+                }
+                Err(e) => report.skipped.push(Skipped { path: file.path.to_string(), reason: io_reason(Some(&e)) }),
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+}
+
+/// Hashes files on every core: reading and hashing 20,000 small files is syscall-bound.
+fn hash_all<'a>(root: &Path, files: &'a [PendingFile]) -> Vec<(&'a PendingFile, io::Result<(Hash, u64)>)> {
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+    if files.len() < 64 || workers == 1 {
+        return files.iter().map(|f| (f, hash_file(&root.join(f.path.as_str())))).collect();
+    }
+    let per = files.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(|f| (f, hash_file(&root.join(f.path.as_str())))).collect::<Vec<_>>()))
+            .collect();
+        // A hashing thread only panics if the allocator does; propagate it.
+        handles.into_iter().flat_map(|h| h.join().expect("hash worker panicked")).collect()
+    })
+}
+
+/// The blake3 and length of a file's content, read as it is now.
+pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
+    let mut f = fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let n = io::copy(&mut f, &mut hasher)?;
+    Ok((hasher.finalize().into(), n))
+}
+
+fn relative(root: &Path, path: &Path) -> Option<Result<RelPath, String>> {
+    let rel = path.strip_prefix(root).ok()?;
+    if rel.as_os_str().is_empty() {
+        return None;
+    }
+    Some(match rel.to_str() {
+        Some(s) => RelPath::new(s).map_err(|e| e.to_string()),
+        None => Err("name is not UTF-8".into()),
+    })
+}
+
+fn display_rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).display().to_string()
+}
+
+fn io_reason(e: Option<&io::Error>) -> String {
+    match e {
+        Some(e) if e.kind() == io::ErrorKind::PermissionDenied => "permission denied".into(),
+        Some(e) => e.to_string(),
+        None => "filesystem loop".into(),
+    }
+}
+
+/// The node at `path` in `index`, if it is a regular file.
+pub fn file_meta(index: &TreeIndex, path: &RelPath) -> Option<FileMeta> {
+    match index.get(path) {
+        Some(Node::File(m)) => Some(*m),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn scans_kinds_skips_ignored_and_reuses_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/deep")).unwrap();
+        fs::create_dir_all(root.join("node_modules/x")).unwrap();
+        fs::create_dir_all(root.join(".git")).unwrap();
+        fs::write(root.join(".gitignore"), "node_modules/\n").unwrap();
+        fs::write(root.join("src/deep/a.txt"), "hello").unwrap();
+        fs::write(root.join("run.sh"), "#!/bin/sh").unwrap();
+        fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(root.join("node_modules/x/i.js"), "x").unwrap();
+        fs::write(root.join(".git/HEAD"), "ref").unwrap();
+        symlink("../run.sh", root.join("src/link")).unwrap();
+
+        let mut s = Scanner::new(root.to_owned(), IgnoreRules::new(root, &[]), HashCache::new());
+        let (index, report) = s.scan_all().unwrap();
+        let paths: Vec<_> = index.entries().into_iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(paths, [".gitignore", "run.sh", "src", "src/deep", "src/deep/a.txt", "src/link"]);
+        assert_eq!(report.files_hashed, 3);
+        assert!(matches!(index.get(&p("run.sh")), Some(Node::File(m)) if m.executable));
+        assert!(matches!(index.get(&p("src/link")), Some(Node::Symlink(t)) if t == "../run.sh"));
+
+        let (again, report) = s.scan_all().unwrap();
+        assert_eq!(report.files_hashed, 0, "unchanged files come from the cache");
+        assert_eq!(again.root_hash(), index.root_hash());
+    }
+
+    #[test]
+    fn rescan_follows_creates_deletes_and_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/f"), "1").unwrap();
+        let mut s = Scanner::new(root.to_owned(), IgnoreRules::new(root, &[]), HashCache::new());
+        let (mut index, _) = s.scan_all().unwrap();
+        let mut report = ScanReport::default();
+
+        fs::rename(root.join("a"), root.join("z")).unwrap();
+        s.rescan(&mut index, &p("a"), &mut report);
+        s.rescan(&mut index, &p("z"), &mut report);
+        assert_eq!(index.root_hash(), s.scan_all().unwrap().0.root_hash());
+        assert!(index.get(&p("z/b/f")).is_some() && index.get(&p("a")).is_none());
+    }
+}
