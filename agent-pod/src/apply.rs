@@ -1,0 +1,170 @@
+//! Staging received content and applying changesets.
+//!
+//! Content arrives on data streams and is written to staging files while it streams (several
+//! streams at once). A commit then applies the changeset's operations in order: renames of
+//! verified staging files, links, directories, deletes. Each file lands by rename, so the app
+//! never reads half a file, and the whole changeset lands before the reload action runs.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use hotsync_core::diff::{self, Op};
+use hotsync_core::proto::{Failure, FileRecord, Piece};
+use hotsync_core::{Hash, RelPath, TreeIndex};
+use hotsync_scan::{HashCache, StatKey};
+
+use crate::sandbox::{Deleted, Sandbox, file_mode};
+
+/// A file's new content, verified and waiting in the staging area.
+#[derive(Debug)]
+pub struct Staged {
+    pub temp: String,
+    pub hash: Hash,
+    pub size: u64,
+    pub key: StatKey,
+}
+
+/// Writes a staging file from a record's pieces; `next_data` supplies the bytes of each
+/// `Data` piece in turn (from the stream). Verifies size and hash.
+pub struct StagingFile<'a> {
+    sandbox: &'a Sandbox,
+    record: FileRecord,
+    temp: String,
+    file: File,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl<'a> StagingFile<'a> {
+    /// Starts staging `record`.
+    pub fn create(sandbox: &'a Sandbox, record: FileRecord) -> io::Result<Self> {
+        let (temp, file) = sandbox.create_temp()?;
+        Ok(Self { sandbox, record, temp, file, hasher: blake3::Hasher::new(), written: 0 })
+    }
+
+    /// The record being staged.
+    pub fn record(&self) -> &FileRecord {
+        &self.record
+    }
+
+    /// Appends bytes that came on the stream.
+    pub fn write_data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends `len` bytes at `offset` of a file already in the root (as it is before the
+    /// commit): the unchanged parts of a delta, or the content of a renamed file.
+    pub fn copy_existing(&mut self, from: &RelPath, offset: u64, len: u64) -> io::Result<()> {
+        let src = self.sandbox.open_read(from)?;
+        let mut buf = vec![0u8; (256 * 1024).min(len as usize).max(1)];
+        let mut done = 0u64;
+        while done < len {
+            let want = buf.len().min((len - done) as usize);
+            let n = src.read_at(&mut buf[..want], offset + done)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{from} is shorter than the recipe says")));
+            }
+            self.write_data(&buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Checks size and hash; on success the content waits in staging for its commit.
+    pub fn finish(self) -> Result<(RelPath, Staged), Failure> {
+        let path = self.record.path.clone();
+        let fail = |reason: String| Failure { path: path.clone(), reason };
+        let hash: Hash = self.hasher.finalize().into();
+        if self.written != self.record.size || hash != self.record.hash {
+            self.sandbox.discard_temp(&self.temp);
+            return Err(fail(format!(
+                "content does not match its hash (got {} bytes, expected {}); the file changed while it was sent",
+                self.written, self.record.size
+            )));
+        }
+        let meta = self.file.metadata().map_err(|e| fail(e.to_string()))?;
+        Ok((path, Staged { temp: self.temp, hash, size: self.written, key: StatKey::of(&meta) }))
+    }
+
+    /// Gives up on this file, removing its staging file.
+    pub fn abandon(self) {
+        self.sandbox.discard_temp(&self.temp);
+    }
+}
+
+/// The pieces of `record` that come from the root rather than the stream, resolved to the
+/// path they copy from.
+pub fn copy_source<'r>(record: &'r FileRecord, piece: &'r Piece) -> Option<(&'r RelPath, u64, u64)> {
+    match piece {
+        Piece::Copy { from, offset, len } => Some((from.as_ref().unwrap_or(&record.path), *offset, *len)),
+        Piece::Data { .. } => None,
+    }
+}
+
+/// What applying a changeset did.
+pub struct Outcome {
+    pub failed: Vec<Failure>,
+    /// True when anything on disk changed (the reload action then runs).
+    pub changed: bool,
+}
+
+/// Applies `ops` in order with their staged content, keeping `index` and `cache` in step with
+/// the disk. A failed operation is reported and leaves the index as the disk is.
+pub fn apply_changeset(
+    sandbox: &Sandbox,
+    ops: &[Op],
+    staged: &mut HashMap<RelPath, Staged>,
+    index: &mut TreeIndex,
+    cache: &mut HashCache,
+) -> Outcome {
+    let mut failed = Vec::new();
+    let mut changed = false;
+    for op in ops {
+        let result = apply_op(sandbox, op, staged, cache);
+        match result {
+            Ok(did_change) => {
+                changed |= did_change;
+                diff::apply_one(index, op);
+            }
+            Err(reason) => failed.push(Failure { path: op.path().clone(), reason }),
+        }
+    }
+    // Content staged for paths the changeset did not name (a confused peer) is dropped.
+    for (_, s) in staged.drain() {
+        sandbox.discard_temp(&s.temp);
+    }
+    Outcome { failed, changed }
+}
+
+fn apply_op(sandbox: &Sandbox, op: &Op, staged: &mut HashMap<RelPath, Staged>, cache: &mut HashCache) -> Result<bool, String> {
+    let text = |e: io::Error| e.to_string();
+    match op {
+        Op::Delete { path } => Ok(sandbox.delete(path).map_err(text)? == Deleted::Removed),
+        Op::Mkdir { path } => sandbox.mkdir(path).map(|()| true).map_err(text),
+        Op::Symlink { path, target } => sandbox.symlink(path, target).map(|()| true).map_err(text),
+        Op::SetExecutable { path, executable } => {
+            sandbox.set_mode(path, file_mode(*executable)).map(|()| true).map_err(text)
+        }
+        Op::Write { path, meta } => {
+            let s = staged.remove(path).ok_or_else(|| "its content never arrived".to_owned())?;
+            if s.hash != meta.hash || s.size != meta.size {
+                sandbox.discard_temp(&s.temp);
+                return Err("the content received is not the content committed".into());
+            }
+            let result = sandbox
+                .set_temp_mode(&s.temp, file_mode(meta.executable))
+                .and_then(|()| sandbox.commit_temp(&s.temp, path));
+            if let Err(e) = result {
+                sandbox.discard_temp(&s.temp);
+                return Err(e.to_string());
+            }
+            cache.set_hash(path.as_str(), s.key, s.hash);
+            Ok(true)
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Command line of `hotsync-agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::reload::{ReloadAction, SignalTarget, parse_signal};
+use crate::server::{Agent, AgentConfig};
+
+/// The hotsync sidecar: receives file changes from `hotsync` over QUIC (mutual TLS) and
+/// applies them atomically in its root, then reloads the app.
+#[derive(Parser, Debug)]
+#[command(name = "hotsync-agent", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log format: human text, or one JSON object per line (for log collectors in a pod).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve a sync root: accept changesets from the host holding the matching credentials.
+    ///
+    /// Example:
+    ///   hotsync-agent serve --root /srv/app --listen 0.0.0.0:7470 --credentials /etc/hotsync \
+    ///       --on-change-signal HUP --signal-process myapp
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Directory to keep in sync (the app's view of the source). Must exist and be writable.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7470")]
+    pub listen: SocketAddr,
+    /// Directory with ca.pem, agent.pem and agent.key (from `hotsync credentials`).
+    #[arg(long)]
+    pub credentials: PathBuf,
+    /// After each changeset, send this signal (HUP, USR1, TERM, a number…) to the app.
+    #[arg(long, value_name = "SIGNAL", requires = "signal_who")]
+    pub on_change_signal: Option<String>,
+    /// Which process gets the signal: its name (as in `ps`, e.g. `myapp`).
+    #[arg(long, value_name = "NAME", group = "signal_who")]
+    pub signal_process: Option<String>,
+    /// Which process gets the signal: its pid.
+    #[arg(long, value_name = "PID", group = "signal_who")]
+    pub signal_pid: Option<i32>,
+    /// After each changeset, run this command in the root (split like a shell would; no shell
+    /// is involved, so write `sh -c '…'` if you need one).
+    #[arg(long, value_name = "CMD", conflicts_with = "on_change_signal")]
+    pub on_change_exec: Option<String>,
+}
+
+impl ServeArgs {
+    /// The reload action the flags describe.
+    pub fn reload_action(&self) -> anyhow::Result<ReloadAction> {
+        if let Some(sig) = &self.on_change_signal {
+            let signal = parse_signal(sig).map_err(anyhow::Error::msg)?;
+            let target = match (&self.signal_process, self.signal_pid) {
+                (Some(name), _) => SignalTarget::Name(name.clone()),
+                (None, Some(pid)) => SignalTarget::Pid(pid),
+                (None, None) => bail!("--on-change-signal needs --signal-process NAME or --signal-pid PID"),
+            };
+            return Ok(ReloadAction::Signal { signal, target });
+        }
+        if let Some(cmd) = &self.on_change_exec {
+            let argv = shlex::split(cmd).filter(|a| !a.is_empty()).with_context(|| {
+                format!("--on-change-exec {cmd:?}: unbalanced quotes or empty command")
+            })?;
+            return Ok(ReloadAction::Exec { argv });
+        }
+        Ok(ReloadAction::None)
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let reload = args.reload_action()?;
+            let identity = hotsync_transport::Identity::load(&args.credentials, hotsync_transport::Role::Agent)?;
+            let agent = Agent::start(AgentConfig { root: args.root.clone(), listen: args.listen, identity, reload })?;
+            let addr = agent.local_addr()?;
+            tracing::info!(%addr, root = %args.root.display(), "hotsync-agent listening");
+            let endpoint = agent.endpoint();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                endpoint.close(0u32.into(), b"agent shutting down");
+            });
+            agent.run().await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,248 @@
+//! Every write the agent makes, confined to its root.
+//!
+//! The root is opened once; every path is reached from that descriptor one component at a time
+//! with `O_NOFOLLOW | O_DIRECTORY`, and the final step is an `*at` call on a single name. So no
+//! write can leave the root by `..`, an absolute path or a symlink, whatever a peer sends (and
+//! [`RelPath`] already refuses the first two when it is decoded). Symlinks are created as links
+//! and never followed.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hotsync_core::RelPath;
+use hotsync_core::path::AGENT_STATE_DIR;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+/// Staging area for content that is not committed yet, inside the agent's state directory.
+const TMP_DIR: &str = "tmp";
+
+/// The agent's root directory and its staging area.
+pub struct Sandbox {
+    root: OwnedFd,
+    state: OwnedFd,
+    tmp: OwnedFd,
+    next_temp: AtomicU64,
+}
+
+/// What a delete did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Removed,
+    Absent,
+    /// A directory that still holds entries (e.g. ones the host ignores): left in place.
+    KeptNonEmpty,
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY
+}
+
+impl Sandbox {
+    /// Opens `root` (which must exist and be a writable directory) and prepares the staging
+    /// area, clearing what an interrupted run left there.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let root_fd = rustix::fs::open(root, dir_flags(), Mode::empty())?;
+        let state = ensure_dir(&root_fd, AGENT_STATE_DIR)?;
+        let tmp = ensure_dir(&state, TMP_DIR)?;
+        let sandbox = Self { root: root_fd, state, tmp, next_temp: AtomicU64::new(0) };
+        sandbox.clear_tmp()?;
+        // Prove the root is writable now, not at the first changeset.
+        let (name, _) = sandbox.create_temp()?;
+        sandbox.discard_temp(&name);
+        Ok(sandbox)
+    }
+
+    /// The agent's private state directory (for its cache file).
+    pub fn state_dir(&self) -> &OwnedFd {
+        &self.state
+    }
+
+    fn clear_tmp(&self) -> io::Result<()> {
+        let dir = rustix::fs::Dir::read_from(&self.tmp)?;
+        for entry in dir {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                let _ = rustix::fs::unlinkat(&self.tmp, entry.file_name(), AtFlags::empty());
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the directory that holds `path`, never through a symlink.
+    fn parent(&self, path: &RelPath) -> io::Result<OwnedFd> {
+        let mut components: Vec<&str> = path.components().collect();
+        components.pop();
+        let mut dir = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
+        for name in components {
+            dir = rustix::fs::openat(&dir, name, dir_flags(), Mode::empty()).map_err(|e| {
+                if e == Errno::LOOP || e == Errno::NOTDIR {
+                    io::Error::other(format!("{name:?} on the way to {path} is not a directory (a symlink or a file)"))
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        Ok(dir)
+    }
+
+    /// A new, empty staging file, and its name in the staging area.
+    pub fn create_temp(&self) -> io::Result<(String, File)> {
+        let name = format!("{}.{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed));
+        let fd = rustix::fs::openat(
+            &self.tmp,
+            name.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok((name, File::from(fd)))
+    }
+
+    /// Removes a staging file that will not be committed.
+    pub fn discard_temp(&self, name: &str) {
+        let _ = rustix::fs::unlinkat(&self.tmp, name, AtFlags::empty());
+    }
+
+    /// Sets the mode of a staging file before it is committed.
+    pub fn set_temp_mode(&self, name: &str, mode: u32) -> io::Result<()> {
+        let fd = rustix::fs::openat(&self.tmp, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        Ok(())
+    }
+
+    /// Moves a staging file to `path` in one atomic rename: readers see the old file or the
+    /// new one, never a part.
+    pub fn commit_temp(&self, name: &str, path: &RelPath) -> io::Result<()> {
+        let parent = self.parent(path)?;
+        rustix::fs::renameat(&self.tmp, name, &parent, path.file_name())?;
+        Ok(())
+    }
+
+    /// Opens the file at `path` for reading, refusing a symlink.
+    pub fn open_read(&self, path: &RelPath) -> io::Result<File> {
+        let parent = self.parent(path)?;
+        let fd = rustix::fs::openat(
+            &parent,
+            path.file_name(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates a directory; an existing directory is fine, anything else in the way is replaced.
+    pub fn mkdir(&self, path: &RelPath) -> io::Result<()> {
+        let parent = self.parent(path)?;
+        match rustix::fs::mkdirat(&parent, path.file_name(), Mode::from_raw_mode(0o755)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => {
+                let st = rustix::fs::statat(&parent, path.file_name(), AtFlags::SYMLINK_NOFOLLOW)?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+                    return Ok(());
+                }
+                rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::empty())?;
+                Ok(rustix::fs::mkdirat(&parent, path.file_name(), Mode::from_raw_mode(0o755))?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates or replaces a symbolic link, atomically (a staged link renamed into place).
+    pub fn symlink(&self, path: &RelPath, target: &str) -> io::Result<()> {
+        let parent = self.parent(path)?;
+        let name = format!("{}.link.{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed));
+        rustix::fs::symlinkat(target, &self.tmp, name.as_str())?;
+        rustix::fs::renameat(&self.tmp, name.as_str(), &parent, path.file_name()).inspect_err(|_| {
+            self.discard_temp(&name);
+        })?;
+        Ok(())
+    }
+
+    /// Removes a file, a symlink, or an empty directory.
+    pub fn delete(&self, path: &RelPath) -> io::Result<Deleted> {
+        let parent = match self.parent(path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Deleted::Absent),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::empty()) {
+            Ok(()) => Ok(Deleted::Removed),
+            Err(Errno::NOENT) => Ok(Deleted::Absent),
+            Err(Errno::ISDIR | Errno::PERM) => match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::REMOVEDIR) {
+                Ok(()) => Ok(Deleted::Removed),
+                Err(Errno::NOTEMPTY | Errno::EXIST) => Ok(Deleted::KeptNonEmpty),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets the mode of the regular file at `path` (never through a symlink).
+    pub fn set_mode(&self, path: &RelPath, mode: u32) -> io::Result<()> {
+        let file = self.open_read(path)?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))?;
+        Ok(())
+    }
+}
+
+fn ensure_dir(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(rustix::fs::openat(parent, name, dir_flags(), Mode::empty())?)
+}
+
+/// The mode a synced file gets: hotsync carries only the executable bit.
+pub fn file_mode(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn writes_land_inside_and_symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("evil")).unwrap();
+        let sb = Sandbox::open(&root).unwrap();
+
+        let (name, mut f) = sb.create_temp().unwrap();
+        f.write_all(b"x").unwrap();
+        assert!(sb.commit_temp(&name, &p("evil/pwned")).is_err(), "must not write through a symlink");
+        assert!(sb.mkdir(&p("evil/d")).is_err());
+        assert!(sb.open_read(&p("evil")).is_err(), "a symlink is not opened as a file");
+        assert!(sb.set_mode(&p("evil"), 0o777).is_err());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing escaped");
+
+        sb.mkdir(&p("d")).unwrap();
+        sb.commit_temp(&name, &p("d/f")).unwrap();
+        assert_eq!(fs::read(root.join("d/f")).unwrap(), b"x");
+        sb.symlink(&p("d/l"), "../../outside").unwrap();
+        assert_eq!(fs::read_link(root.join("d/l")).unwrap().to_str(), Some("../../outside"));
+        assert_eq!(sb.delete(&p("d")).unwrap(), Deleted::KeptNonEmpty);
+        assert_eq!(sb.delete(&p("d/f")).unwrap(), Deleted::Removed);
+        assert_eq!(sb.delete(&p("d/l")).unwrap(), Deleted::Removed);
+        assert_eq!(sb.delete(&p("d")).unwrap(), Deleted::Removed);
+        assert_eq!(sb.delete(&p("d")).unwrap(), Deleted::Absent);
+        assert_eq!(sb.delete(&p("evil")).unwrap(), Deleted::Removed, "the link itself, not its target");
+        assert!(outside.exists());
+    }
+}

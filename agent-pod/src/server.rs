@@ -1,0 +1,404 @@
+//! The agent's QUIC server: one task per host connection, one per data stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hotsync_core::proto::{
+    AgentMsg, DataHeader, FileRecord, HostMsg, INDEX_PART_ENTRIES, MAGIC, PROTOCOL_VERSION, Piece,
+};
+use hotsync_core::proto::Failure;
+use hotsync_core::{RelPath, TreeIndex};
+use hotsync_scan::{HashCache, IgnoreRules, Scanner};
+use hotsync_transport::{FrameError, Identity, read_frame, server_endpoint, write_frame};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::apply::{Staged, StagingFile, apply_changeset, copy_source};
+use crate::reload::ReloadAction;
+use crate::sandbox::Sandbox;
+
+/// QUIC application close codes the agent uses.
+mod close {
+    pub(super) const BAD_MAGIC: u32 = 1;
+    pub(super) const PROTOCOL: u32 = 2;
+}
+
+/// How the agent is set up.
+pub struct AgentConfig {
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    pub identity: Identity,
+    pub reload: ReloadAction,
+}
+
+/// A running agent.
+pub struct Agent {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    root: PathBuf,
+    sandbox: Sandbox,
+    state: Mutex<State>,
+    /// One changeset at a time, whatever the number of host connections.
+    commit_lock: tokio::sync::Mutex<()>,
+    reload: ReloadAction,
+    cache_path: PathBuf,
+    cache_dirty: AtomicBool,
+}
+
+struct State {
+    scanner: Scanner,
+    index: TreeIndex,
+}
+
+impl Agent {
+    /// Checks the root, indexes it, and binds the QUIC endpoint.
+    pub fn start(config: AgentConfig) -> anyhow::Result<Self> {
+        let root = &config.root;
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("--root {} is not a directory", root.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("--root {} does not exist: create it, or point --root at the directory the app reads", root.display())
+            }
+            Err(e) => bail!("cannot use --root {}: {e}", root.display()),
+        }
+        let sandbox = Sandbox::open(root).with_context(|| {
+            format!("cannot write into --root {}: the agent needs a writable directory (check its owner and mode, or the volume's readOnly)", root.display())
+        })?;
+        let cache_path = root.join(hotsync_core::path::AGENT_STATE_DIR).join("cache");
+        let mut scanner = Scanner::new(root.clone(), IgnoreRules::none(root), HashCache::load(&cache_path));
+        let (index, report) = scanner.scan_all().with_context(|| format!("cannot index {}", root.display()))?;
+        info!(root = %root.display(), entries = index.len(), hashed = report.files_hashed, "indexed root");
+        let endpoint = server_endpoint(config.listen, &config.identity)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let shared = Arc::new(Shared {
+            root: root.clone(),
+            sandbox,
+            state: Mutex::new(State { scanner, index }),
+            commit_lock: tokio::sync::Mutex::new(()),
+            reload: config.reload,
+            cache_path,
+            cache_dirty: AtomicBool::new(true),
+        });
+        Ok(Self { endpoint, shared })
+    }
+
+    /// The address the agent listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// A handle that stops the agent when closed.
+    pub fn endpoint(&self) -> quinn::Endpoint {
+        self.endpoint.clone()
+    }
+
+    /// Serves hosts until the endpoint is closed.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let saver = tokio::spawn(save_cache_periodically(self.shared.clone()));
+        while let Some(incoming) = self.endpoint.accept().await {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(%remote, "rejected a connection: {e}");
+                        return;
+                    }
+                };
+                let span = info_span!("session", %remote);
+                if let Err(e) = serve_connection(conn, shared).instrument(span).await {
+                    info!(%remote, "session ended: {e:#}");
+                }
+            });
+        }
+        saver.abort();
+        save_cache(&self.shared);
+        Ok(())
+    }
+}
+
+/// Per-connection staging of data streams, by changeset.
+#[derive(Default)]
+struct Staging {
+    pending: Mutex<HashMap<u64, Pending>>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    streams_done: u32,
+    files: HashMap<RelPath, Staged>,
+    failures: Vec<Failure>,
+}
+
+impl Staging {
+    fn discard_all(&self, sandbox: &Sandbox) {
+        let mut pending = self.pending.lock().expect("staging lock");
+        for (_, p) in pending.drain() {
+            for (_, s) in p.files {
+                sandbox.discard_temp(&s.temp);
+            }
+        }
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.accept_bi().await.context("no control stream")?;
+    let mut magic = [0u8; MAGIC.len()];
+    if recv.read_exact(&mut magic).await.is_err() || magic != MAGIC {
+        conn.close(close::BAD_MAGIC.into(), b"not a hotsync peer");
+        bail!("peer is not a hotsync host (bad magic)");
+    }
+    let staging = Arc::new(Staging::default());
+    let streams = tokio::spawn(accept_data_streams(conn.clone(), shared.clone(), staging.clone()));
+    let result = control_loop(&conn, &shared, &staging, &mut send, &mut recv).await;
+    streams.abort();
+    staging.discard_all(&shared.sandbox);
+    if let Err(e) = &result {
+        if let Some(FrameError::Codec(_) | FrameError::Truncated) = e.downcast_ref::<FrameError>() {
+            conn.close(close::PROTOCOL.into(), e.to_string().as_bytes());
+        }
+    }
+    result
+}
+
+async fn control_loop(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    staging: &Arc<Staging>,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<()> {
+    match read_frame::<HostMsg>(recv).await? {
+        Some(HostMsg::Hello { version, client }) if version == PROTOCOL_VERSION => {
+            info!(%client, "host connected");
+        }
+        Some(HostMsg::Hello { version, .. }) => {
+            let reason = format!(
+                "this agent speaks hotsync protocol {PROTOCOL_VERSION} and the host speaks {version}: run the same hotsync version on both sides"
+            );
+            write_frame(send, &AgentMsg::Refused { reason: reason.clone() }).await?;
+            let _ = send.finish();
+            bail!(reason);
+        }
+        other => bail!("expected Hello, got {other:?}"),
+    }
+    let (root, entries) = rescan(shared.clone()).await?;
+    let welcome = AgentMsg::Welcome {
+        version: PROTOCOL_VERSION,
+        agent: format!("hotsync-agent {}", env!("CARGO_PKG_VERSION")),
+        root,
+        entries: entries as u64,
+    };
+    write_frame(send, &welcome).await?;
+
+    while let Some(msg) = read_frame::<HostMsg>(recv).await? {
+        match msg {
+            HostMsg::GetIndex => {
+                let entries = shared.state.lock().expect("state lock").index.entries();
+                let mut parts = entries.chunks(INDEX_PART_ENTRIES).peekable();
+                if parts.peek().is_none() {
+                    write_frame(send, &AgentMsg::IndexPart { entries: Vec::new(), done: true }).await?;
+                }
+                while let Some(part) = parts.next() {
+                    let done = parts.peek().is_none();
+                    write_frame(send, &AgentMsg::IndexPart { entries: part.to_vec(), done }).await?;
+                }
+            }
+            HostMsg::Commit { id, data_streams, ops, reload } => {
+                let span = info_span!("changeset", id, ops = ops.len());
+                let reply = commit(conn, shared, staging, id, data_streams, ops, reload).instrument(span).await?;
+                write_frame(send, &reply).await?;
+            }
+            HostMsg::Hello { .. } => bail!("Hello sent twice"),
+        }
+    }
+    Ok(())
+}
+
+async fn rescan(shared: Arc<Shared>) -> anyhow::Result<(hotsync_core::Hash, usize)> {
+    tokio::task::spawn_blocking(move || {
+        let mut st = shared.state.lock().expect("state lock");
+        let (index, _) = st.scanner.scan_all().context("cannot index the root")?;
+        st.index = index;
+        Ok((st.index.root_hash(), st.index.len()))
+    })
+    .await?
+}
+
+async fn commit(
+    conn: &quinn::Connection,
+    shared: &Arc<Shared>,
+    staging: &Arc<Staging>,
+    id: u64,
+    data_streams: u32,
+    ops: Vec<hotsync_core::diff::Op>,
+    reload: bool,
+) -> anyhow::Result<AgentMsg> {
+    // Wait for every data stream of this changeset to end.
+    loop {
+        let notified = staging.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let done = staging.pending.lock().expect("staging lock").get(&id).map_or(0, |p| p.streams_done);
+        if done >= data_streams {
+            break;
+        }
+        tokio::select! {
+            () = notified => {}
+            e = conn.closed() => bail!("connection closed while waiting for data: {e}"),
+        }
+    }
+    let pending = staging.pending.lock().expect("staging lock").remove(&id).unwrap_or_default();
+    let _one_at_a_time = shared.commit_lock.lock().await;
+    let started = Instant::now();
+    let worker = shared.clone();
+    let (outcome, root, mut failed) = tokio::task::spawn_blocking(move || {
+        let mut files = pending.files;
+        let mut st = worker.state.lock().expect("state lock");
+        let State { scanner, index } = &mut *st;
+        let outcome = apply_changeset(&worker.sandbox, &ops, &mut files, index, &mut scanner.cache);
+        (outcome.changed, index.root_hash(), [pending.failures, outcome.failed].concat())
+    })
+    .await?;
+    shared.cache_dirty.store(true, Ordering::Relaxed);
+    let reload_report = if reload && outcome {
+        Some(match shared.reload.run(&shared.root) {
+            Ok(done) => done,
+            Err(e) => {
+                warn!("reload action failed: {e}");
+                format!("reload failed: {e}")
+            }
+        })
+    } else {
+        None
+    };
+    failed.sort_by(|a, b| a.path.cmp(&b.path));
+    let apply_micros = started.elapsed().as_micros() as u64;
+    info!(failed = failed.len(), reload = reload_report.as_deref().unwrap_or("-"), apply_micros, "applied");
+    Ok(AgentMsg::Applied { id, root, failed, reload: reload_report, apply_micros })
+}
+
+async fn accept_data_streams(conn: quinn::Connection, shared: Arc<Shared>, staging: Arc<Staging>) {
+    while let Ok(recv) = conn.accept_uni().await {
+        let (conn, shared, staging) = (conn.clone(), shared.clone(), staging.clone());
+        tokio::spawn(async move {
+            if let Err(e) = receive_stream(recv, &shared, &staging).await {
+                warn!("bad data stream: {e}");
+                conn.close(close::PROTOCOL.into(), format!("bad data stream: {e}").as_bytes());
+            }
+        });
+    }
+}
+
+/// Stages every file a data stream carries, then counts the stream as done.
+async fn receive_stream(mut recv: quinn::RecvStream, shared: &Shared, staging: &Staging) -> anyhow::Result<()> {
+    let header: DataHeader = read_frame(&mut recv).await?.context("data stream without a header")?;
+    let mut files = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(record) = read_frame::<FileRecord>(&mut recv).await? {
+        record.validate().map_err(anyhow::Error::msg)?;
+        match stage_record(&mut recv, shared, record).await? {
+            Ok(staged) => files.push(staged),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    let mut pending = staging.pending.lock().expect("staging lock");
+    let p = pending.entry(header.changeset).or_default();
+    p.streams_done += 1;
+    for (path, staged) in files {
+        if let Some(old) = p.files.insert(path, staged) {
+            shared.sandbox.discard_temp(&old.temp);
+        }
+    }
+    p.failures.extend(failures);
+    drop(pending);
+    staging.changed.notify_waiters();
+    Ok(())
+}
+
+/// Stages one record. The outer error is fatal for the stream (it cannot be read on); the
+/// inner one only fails this file.
+async fn stage_record(
+    recv: &mut quinn::RecvStream,
+    shared: &Shared,
+    record: FileRecord,
+) -> anyhow::Result<Result<(RelPath, Staged), Failure>> {
+    let path = record.path.clone();
+    let pieces = record.pieces.clone();
+    let mut file = match StagingFile::create(&shared.sandbox, record) {
+        Ok(f) => Some(f),
+        Err(e) => return Err(e).context("cannot create a staging file"),
+    };
+    let mut problem: Option<String> = None;
+    for piece in &pieces {
+        match piece {
+            Piece::Data { len } => {
+                let mut left = *len;
+                while left > 0 {
+                    let chunk = recv
+                        .read_chunk((left as usize).min(1 << 20), true)
+                        .await?
+                        .ok_or(FrameError::Truncated)?;
+                    left -= chunk.bytes.len() as u64;
+                    if let (Some(f), None) = (file.as_mut(), &problem) {
+                        if let Err(e) = f.write_data(&chunk.bytes) {
+                            problem = Some(format!("cannot write: {e}"));
+                        }
+                    }
+                }
+            }
+            Piece::Copy { .. } => {
+                if problem.is_some() {
+                    continue;
+                }
+                let Some(f) = file.as_mut() else { continue };
+                let (from, offset, len) = copy_source(f.record(), piece).map(|(p, o, l)| (p.clone(), o, l)).expect("a copy piece");
+                if let Err(e) = f.copy_existing(&from, offset, len) {
+                    problem = Some(format!("cannot copy from {from}: {e}"));
+                }
+            }
+        }
+    }
+    let file = file.take().expect("staging file present until here");
+    if let Some(reason) = problem {
+        debug!(%path, %reason, "staging failed");
+        file.abandon();
+        return Ok(Err(Failure { path, reason }));
+    }
+    Ok(file.finish())
+}
+
+fn save_cache(shared: &Shared) {
+    if !shared.cache_dirty.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let mut st = shared.state.lock().expect("state lock");
+    if let Err(e) = st.scanner.cache.save(&shared.cache_path) {
+        warn!(path = %shared.cache_path.display(), "cannot save the hash cache: {e}");
+    }
+}
+
+async fn save_cache_periodically(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || save_cache(&s)).await;
+    }
+}
+
+/// The path of the agent's cache file for `root`.
+pub fn cache_path(root: &Path) -> PathBuf {
+    root.join(hotsync_core::path::AGENT_STATE_DIR).join("cache")
+}
