@@ -39,17 +39,20 @@ pub fn chunk_bytes(data: &[u8]) -> Vec<Chunk> {
         .collect()
 }
 
-/// Chunks everything `reader` yields, without holding it all in memory.
-pub fn chunk_reader(reader: impl Read) -> std::io::Result<Vec<Chunk>> {
+/// Chunks everything `reader` yields, without holding it all in memory; also returns the
+/// hash of the whole content, so the caller knows exactly which content the list describes.
+pub fn chunk_reader(reader: impl Read) -> std::io::Result<(Vec<Chunk>, Hash)> {
     let mut out = Vec::new();
+    let mut whole = blake3::Hasher::new();
     for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN_CHUNK as usize, AVG_CHUNK as usize, MAX_CHUNK as usize) {
         let c = chunk.map_err(|e| match e {
             fastcdc::v2020::Error::IoError(io) => io,
             other => std::io::Error::other(other.to_string()),
         })?;
+        whole.update(&c.data);
         out.push(Chunk { offset: c.offset, len: c.length as u32, id: Hash::of(&c.data) });
     }
-    Ok(out)
+    Ok((out, whole.finalize().into()))
 }
 
 /// A byte range of the new content: copied from the old content, or sent.
@@ -133,7 +136,7 @@ mod tests {
     #[test]
     fn reader_and_slice_agree() {
         let data = pseudo_random(1 << 20, 7);
-        assert_eq!(chunk_reader(&data[..]).unwrap(), chunk_bytes(&data));
+        assert_eq!(chunk_reader(&data[..]).unwrap(), (chunk_bytes(&data), Hash::of(&data)));
     }
 
     #[test]

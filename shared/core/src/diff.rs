@@ -44,11 +44,12 @@ impl Op {
 }
 
 /// The operations that make `remote` equal to `local`, leaving alone every remote path for
-/// which `keep` is true (paths the host ignores or cannot read), with all they hold.
+/// which `keep(path, is_dir)` is true (paths the host ignores or cannot read), with all they
+/// hold.
 ///
 /// Subtrees with equal Merkle digests are skipped without being walked, so the cost follows
 /// the size of the change, not the size of the tree.
-pub fn diff(local: &TreeIndex, remote: &TreeIndex, keep: &dyn Fn(&RelPath) -> bool) -> Vec<Op> {
+pub fn diff(local: &TreeIndex, remote: &TreeIndex, keep: &dyn Fn(&RelPath, bool) -> bool) -> Vec<Op> {
     let mut out = Diff { deletes: Vec::new(), puts: Vec::new(), keep };
     out.dirs(local.root(), remote.root(), None);
     let mut ops = out.deletes;
@@ -59,7 +60,7 @@ pub fn diff(local: &TreeIndex, remote: &TreeIndex, keep: &dyn Fn(&RelPath) -> bo
 struct Diff<'k> {
     deletes: Vec<Op>,
     puts: Vec<Op>,
-    keep: &'k dyn Fn(&RelPath) -> bool,
+    keep: &'k dyn Fn(&RelPath, bool) -> bool,
 }
 
 impl Diff<'_> {
@@ -71,7 +72,7 @@ impl Diff<'_> {
             match (l.get(name), r.get(name)) {
                 (Some(ln), None) => self.create(&path, ln),
                 (None, Some(rn)) => {
-                    if !(self.keep)(&path) {
+                    if !(self.keep)(&path, matches!(rn, Node::Dir(_))) {
                         self.delete(&path, rn);
                     }
                 }
@@ -125,7 +126,7 @@ impl Diff<'_> {
         if let Node::Dir(dir) = node {
             for (name, child) in dir.children() {
                 let Ok(child_path) = path.join(name) else { continue };
-                if !(self.keep)(&child_path) {
+                if !(self.keep)(&child_path, matches!(child, Node::Dir(_))) {
                     self.delete(&child_path, child);
                 }
             }
@@ -217,7 +218,7 @@ mod tests {
     }
 
     fn sync(local: &TreeIndex, remote: &mut TreeIndex) -> Vec<Op> {
-        let ops = diff(local, remote, &|_| false);
+        let ops = diff(local, remote, &|_, _| false);
         apply(remote, &ops);
         ops
     }
@@ -225,7 +226,7 @@ mod tests {
     #[test]
     fn equal_trees_need_nothing() {
         let t = TreeIndex::from_entries([(p("a/b"), file("x", false))]);
-        assert!(diff(&t, &t.clone(), &|_| false).is_empty());
+        assert!(diff(&t, &t.clone(), &|_, _| false).is_empty());
     }
 
     #[test]
@@ -233,7 +234,7 @@ mod tests {
         let local = TreeIndex::from_entries([(p("run.sh"), file("#!", true))]);
         let remote = TreeIndex::from_entries([(p("run.sh"), file("#!", false))]);
         assert_eq!(
-            diff(&local, &remote, &|_| false),
+            diff(&local, &remote, &|_, _| false),
             [Op::SetExecutable { path: p("run.sh"), executable: true }]
         );
     }
@@ -247,7 +248,7 @@ mod tests {
             (p("gone/f"), file("g", false)),
             (p("gone/node_modules/y"), file("dep", false)),
         ]);
-        let keep = |path: &RelPath| path.file_name() == "node_modules";
+        let keep = |path: &RelPath, _: bool| path.file_name() == "node_modules";
         let ops = diff(&local, &remote, &keep);
         let deletes: Vec<_> =
             ops.iter().take_while(|o| matches!(o, Op::Delete { .. })).map(|o| o.path().as_str()).collect();
@@ -340,7 +341,7 @@ mod tests {
             }
             sync(&local, &mut remote);
             prop_assert_eq!(remote.root_hash(), local.root_hash());
-            prop_assert!(diff(&local, &remote, &|_| false).is_empty(), "a synced pair has nothing left to do");
+            prop_assert!(diff(&local, &remote, &|_, _| false).is_empty(), "a synced pair has nothing left to do");
         }
 
         /// Kept remote paths are never deleted, and everything else converges.
@@ -357,7 +358,7 @@ mod tests {
             let ignored = p("b/e");
             local.remove(&ignored);
             let kept_before = remote.get(&ignored).map(Node::digest);
-            let keep = |path: &RelPath| path.starts_with(&ignored);
+            let keep = |path: &RelPath, _: bool| path.starts_with(&ignored);
             let ops = diff(&local, &remote, &keep);
             apply(&mut remote, &ops);
             prop_assert!(ops.iter().all(|op| !op.path().starts_with(&ignored)));

@@ -1,16 +1,12 @@
-//! A persistent hash cache: `(size, mtime, inode)` of a path → blake3 of its content, and the
-//! chunk lists of large contents the host has sent (keyed by content hash), so a restarted host
-//! can still send a small edit of a big file as a delta.
+//! A persistent hash cache: `(size, mtime, inode)` of a path → blake3 of its content.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use hotsync_core::Hash;
-use hotsync_core::chunk::Chunk;
 use serde::{Deserialize, Serialize};
 
 /// What must be unchanged for a cached hash to still hold.
@@ -39,7 +35,6 @@ const CACHE_FORMAT: u32 = 1;
 struct OnDisk {
     format: u32,
     hashes: HashMap<String, (StatKey, Hash)>,
-    chunks: HashMap<Hash, Arc<Vec<Chunk>>>,
 }
 
 /// The cache. Cheap to query; saved explicitly with [`HashCache::save`].
@@ -102,24 +97,6 @@ impl HashCache {
         let before = self.data.hashes.len();
         self.data.hashes.retain(|p, _| keep(p));
         self.dirty |= self.data.hashes.len() != before;
-    }
-
-    /// The chunk list of the content with hash `content`, if known.
-    pub fn chunks(&self, content: &Hash) -> Option<Arc<Vec<Chunk>>> {
-        self.data.chunks.get(content).cloned()
-    }
-
-    /// Remembers the chunk list of the content with hash `content`.
-    pub fn set_chunks(&mut self, content: Hash, chunks: Arc<Vec<Chunk>>) {
-        self.data.chunks.insert(content, chunks);
-        self.dirty = true;
-    }
-
-    /// Keeps chunk lists only for contents for which `keep` is true.
-    pub fn retain_chunks(&mut self, keep: impl Fn(&Hash) -> bool) {
-        let before = self.data.chunks.len();
-        self.data.chunks.retain(|h, _| keep(h));
-        self.dirty |= self.data.chunks.len() != before;
     }
 }
 

@@ -15,6 +15,7 @@ pub const NESTED_IGNORE_FILES: [&str; 2] = [".gitignore", ".hotsyncignore"];
 pub const DOCKER_IGNORE_FILE: &str = ".dockerignore";
 
 /// The ignore rules of one tree.
+#[derive(Clone)]
 pub struct IgnoreRules {
     root: PathBuf,
     enabled: bool,
@@ -24,6 +25,10 @@ pub struct IgnoreRules {
     per_dir: BTreeMap<String, Gitignore>,
     /// Problems met reading ignore files, for the user to see once.
     pub warnings: Vec<String>,
+    /// The user's own patterns, kept so the rules can be rebuilt when an ignore file changes.
+    pub user_patterns: Vec<String>,
+    /// Bumped whenever the rules change, so holders of a copy know to refresh it.
+    pub generation: u64,
 }
 
 impl IgnoreRules {
@@ -51,7 +56,16 @@ impl IgnoreRules {
             warnings.push(format!("ignore patterns: {e}"));
             Gitignore::empty()
         });
-        let mut rules = Self { root: root.to_owned(), enabled: true, extra, per_dir: BTreeMap::new(), warnings };
+        let mut rules =
+            Self {
+            root: root.to_owned(),
+            enabled: true,
+            extra,
+            per_dir: BTreeMap::new(),
+            warnings,
+            user_patterns: patterns.to_vec(),
+            generation: 0,
+        };
         rules.load_dir(None);
         rules
     }
@@ -64,6 +78,8 @@ impl IgnoreRules {
             extra: Gitignore::empty(),
             per_dir: BTreeMap::new(),
             warnings: Vec::new(),
+            user_patterns: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -86,12 +102,15 @@ impl IgnoreRules {
         }
         let key = dir.map_or(String::new(), |d| d.as_str().to_owned());
         if !any {
-            self.per_dir.remove(&key);
+            if self.per_dir.remove(&key).is_some() {
+                self.generation += 1;
+            }
             return;
         }
         match b.build() {
             Ok(gi) => {
                 self.per_dir.insert(key, gi);
+                self.generation += 1;
             }
             Err(e) => self.warnings.push(format!("{}: {e}", abs_dir.display())),
         }

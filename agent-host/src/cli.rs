@@ -1,0 +1,182 @@
+//! Command line of `hotsync`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use hotsync_transport::credentials::GeneratedCredentials;
+use hotsync_transport::{Identity, Role};
+
+use crate::send::ChunkMemory;
+use crate::session::{self, SessionConfig};
+use crate::source;
+use crate::ui::Ui;
+
+/// hotsync keeps running containers in sync with your source tree: edit, save, and the app
+/// has the new files in milliseconds, with no image build.
+///
+/// Try it with no cluster at all:   hotsync demo
+#[derive(Parser, Debug)]
+#[command(name = "hotsync", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More logging (-v debug, -vv trace) on stderr. RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the whole pipeline locally: an agent on loopback, an example app it reloads, and a
+    /// few edits with their latency. No cluster needed.
+    Demo(DemoArgs),
+    /// Sync a directory to a running `hotsync-agent`, then keep it in sync as files change.
+    ///
+    /// Examples:
+    ///   hotsync sync ./src --to 127.0.0.1:7470 --credentials ./creds
+    ///   hotsync sync ./src --to 10.0.0.5:7470 --credentials ./creds --once   # sync, verify, exit
+    Sync(SyncArgs),
+    /// Create mutual-TLS credentials for a host and an agent: a private CA and a certificate
+    /// for each side. Give the same directory to both (the agent needs ca.pem, agent.pem and
+    /// agent.key; keep host.key on your machine).
+    Credentials(CredentialsArgs),
+    /// The demo's example app (used by `hotsync demo` and the tests).
+    #[command(hide = true)]
+    ExampleApp(ExampleAppArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// How many scripted edits to make.
+    #[arg(long, default_value_t = 3)]
+    pub edits: u32,
+    /// After the scripted edits, keep syncing until Ctrl-C so you can edit files yourself.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print JSON events, one per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The directory to sync.
+    pub source: PathBuf,
+    /// The agent's address, HOST:PORT (UDP).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// Directory with ca.pem, host.pem and host.key (from `hotsync credentials`).
+    #[arg(long)]
+    pub credentials: PathBuf,
+    /// Sync once, check that the agent's tree equals the source, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print JSON events, one per line (for scripts).
+    #[arg(long)]
+    pub json: bool,
+    /// Also ignore paths matching this gitignore-style pattern (repeatable). `.gitignore`,
+    /// `.hotsyncignore` and `.dockerignore` are always read; `.git/` is never synced.
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// Where to keep the hash cache (default: $XDG_CACHE_HOME/hotsync or ~/.cache/hotsync).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CredentialsArgs {
+    /// Directory to create the credentials in (created, mode 0700; must not hold any yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExampleAppArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(a) => crate::demo::run(crate::demo::DemoOptions { edits: a.edits, keep: a.keep, json: a.json }).await,
+        Command::Sync(a) => sync(a).await,
+        Command::Credentials(a) => credentials(&a.out),
+        Command::ExampleApp(a) => crate::example_app::run(a.dir, a.state_file).await,
+    }
+}
+
+fn credentials(out: &Path) -> anyhow::Result<()> {
+    GeneratedCredentials::generate()?.write_to(out)?;
+    println!("wrote hotsync credentials to {}:", out.display());
+    println!("  ca.pem               the private CA both sides trust (its key was not kept)");
+    println!("  host.pem, host.key   for `hotsync sync --credentials {}`", out.display());
+    println!("  agent.pem, agent.key for `hotsync-agent serve --credentials DIR` (with ca.pem)");
+    Ok(())
+}
+
+async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let ui = Ui::new(args.json);
+    let identity = Arc::new(Identity::load(&args.credentials, Role::Host)?);
+    let addr = resolve(&args.to).await?;
+    let root = args
+        .source
+        .canonicalize()
+        .with_context(|| format!("source directory {} does not exist", args.source.display()))?;
+    if !root.is_dir() {
+        bail!("source {} is not a directory", root.display());
+    }
+    let (cache_file, chunks_file) = cache_files(&root, args.cache_dir.as_deref());
+    let snapshots = source::start(root.clone(), args.ignore.clone(), cache_file, !args.once, ui.clone())?;
+    let memory = Arc::new(ChunkMemory::load(&chunks_file));
+    let cfg = SessionConfig {
+        addr,
+        label: args.to.clone(),
+        identity,
+        once: args.once,
+        source_root: root,
+        memory: memory.clone(),
+    };
+    let result = tokio::select! {
+        r = session::run(cfg, snapshots.clone(), ui) => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    let index = snapshots.borrow().index.clone();
+    let live = crate::source::content_hashes(&index);
+    if let Err(e) = memory.save(&chunks_file, |h| live.contains(h)) {
+        tracing::warn!("cannot save chunk lists to {}: {e}", chunks_file.display());
+    }
+    result
+}
+
+async fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = to.parse() {
+        return Ok(addr);
+    }
+    if !to.contains(':') {
+        bail!("--to {to:?}: give HOST:PORT, e.g. 127.0.0.1:7470");
+    }
+    tokio::net::lookup_host(to)
+        .await
+        .with_context(|| format!("cannot resolve --to {to:?}"))?
+        .next()
+        .with_context(|| format!("--to {to:?} resolves to no address"))
+}
+
+/// The hash cache and chunk-list files for a source root.
+fn cache_files(root: &Path, dir: Option<&Path>) -> (PathBuf, PathBuf) {
+    let dir = dir.map(Path::to_owned).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("hotsync")
+    });
+    let key = hotsync_core::Hash::of(root.as_os_str().as_encoded_bytes()).short();
+    (dir.join(format!("{key}.hashes")), dir.join(format!("{key}.chunks")))
+}

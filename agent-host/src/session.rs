@@ -1,0 +1,322 @@
+//! One agent session: connect, learn what the agent has (one hash when the host already
+//! knows its tree), send the difference, then follow the source's snapshots. Reconnects with
+//! backoff; edits made while disconnected are sent on reconnect, because the diff is always
+//! against the latest snapshot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use hotsync_core::diff::{self, Op};
+use hotsync_core::proto::{AGENT_SERVER_NAME, AgentMsg, HostMsg, MAGIC, PROTOCOL_VERSION};
+use hotsync_core::{RelPath, TreeIndex};
+use hotsync_transport::{Identity, read_frame, write_frame};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::send::{self, ChunkMemory, Progress};
+use crate::source::Snapshot;
+use crate::ui::{Event, Ui};
+
+/// How to reach one agent.
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub addr: SocketAddr,
+    pub label: String,
+    pub identity: Arc<Identity>,
+    /// Sync once, check the agent's root, and return.
+    pub once: bool,
+    pub source_root: PathBuf,
+    pub memory: Arc<ChunkMemory>,
+}
+
+/// Failures that retrying cannot fix.
+#[derive(Debug)]
+struct Fatal(anyhow::Error);
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Changesets at least this big report progress.
+const PROGRESS_FILES: usize = 1000;
+const PROGRESS_BYTES: u64 = 32 << 20;
+
+/// Runs the session until `once` is done, a fatal error, or forever.
+pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot>>, ui: Ui) -> anyhow::Result<()> {
+    let endpoint = hotsync_transport::client_endpoint(&cfg.identity, cfg.addr).context("cannot create the QUIC endpoint")?;
+    let mut model: Option<TreeIndex> = None;
+    let mut next_id = 0u64;
+    let mut backoff = BACKOFF_START;
+    loop {
+        ui.emit(Event::Connecting { target: cfg.label.clone() });
+        let result = connect(&endpoint, &cfg).await;
+        let err = match result {
+            Ok(conn) => {
+                backoff = BACKOFF_START;
+                let out = sync_connection(&conn, &cfg, &mut snapshots, &mut model, &ui, &mut next_id).await;
+                conn.close(0u32.into(), b"bye");
+                match out {
+                    Ok(()) => {
+                        endpoint.wait_idle().await;
+                        return Ok(());
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if let Some(Fatal(e)) = err.downcast_ref::<Fatal>() {
+            return Err(anyhow!("{e:#}"));
+        }
+        if cfg.once {
+            return Err(err);
+        }
+        ui.emit(Event::Disconnected {
+            target: cfg.label.clone(),
+            error: format!("{err:#}"),
+            retry_in_ms: backoff.as_millis() as u64,
+        });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(endpoint: &quinn::Endpoint, cfg: &SessionConfig) -> anyhow::Result<quinn::Connection> {
+    let connecting = endpoint.connect(cfg.addr, AGENT_SERVER_NAME).context("cannot start a connection")?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(anyhow!(
+            "no answer from a hotsync agent at {} within {} s: is `hotsync-agent serve` running there, and UDP port {} reachable?",
+            cfg.addr,
+            CONNECT_TIMEOUT.as_secs(),
+            cfg.addr.port()
+        )),
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) if is_tls_failure(&e) => Err(anyhow!(Fatal(anyhow!(
+            "the agent at {} and this host do not trust each other ({e}). Both sides must use the same credentials directory: \
+             `hotsync credentials --out DIR`, then `--credentials DIR` for `hotsync sync` and `hotsync-agent serve`",
+            cfg.addr
+        )))),
+        Ok(Err(quinn::ConnectionError::TimedOut)) => Err(anyhow!(
+            "no answer from a hotsync agent at {}: is `hotsync-agent serve` running there, and UDP port {} reachable?",
+            cfg.addr,
+            cfg.addr.port()
+        )),
+        Ok(Err(e)) => Err(anyhow!("cannot connect to {}: {e}", cfg.addr)),
+    }
+}
+
+/// TLS alerts and certificate errors travel as QUIC crypto errors (codes 0x100–0x1ff).
+fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..0x200).contains(&u64::from(code))
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+struct Control {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Control {
+    async fn recv(&mut self) -> anyhow::Result<AgentMsg> {
+        match read_frame::<AgentMsg>(&mut self.recv).await? {
+            Some(AgentMsg::Refused { reason }) => Err(anyhow!(Fatal(anyhow!("the agent refused the session: {reason}")))),
+            Some(msg) => Ok(msg),
+            None => bail!("the agent closed the session"),
+        }
+    }
+
+    async fn fetch_index(&mut self) -> anyhow::Result<TreeIndex> {
+        write_frame(&mut self.send, &HostMsg::GetIndex).await?;
+        let mut index = TreeIndex::new();
+        loop {
+            match self.recv().await? {
+                AgentMsg::IndexPart { entries, done } => {
+                    for (path, entry) in entries {
+                        index.insert(&path, entry);
+                    }
+                    if done {
+                        return Ok(index);
+                    }
+                }
+                other => bail!("expected the agent's index, got {other:?}"),
+            }
+        }
+    }
+}
+
+async fn sync_connection(
+    conn: &quinn::Connection,
+    cfg: &SessionConfig,
+    snapshots: &mut watch::Receiver<Arc<Snapshot>>,
+    model: &mut Option<TreeIndex>,
+    ui: &Ui,
+    next_id: &mut u64,
+) -> anyhow::Result<()> {
+    let connected_at = Instant::now();
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&MAGIC).await?;
+    let hello = HostMsg::Hello { version: PROTOCOL_VERSION, client: format!("hotsync {}", env!("CARGO_PKG_VERSION")) };
+    write_frame(&mut send, &hello).await?;
+    let mut control = Control { send, recv };
+    let AgentMsg::Welcome { root, agent, .. } = control.recv().await? else {
+        bail!("the agent did not answer Hello with Welcome");
+    };
+    let same_tree = model.as_ref().is_some_and(|m| m.root_hash() == root);
+    ui.emit(Event::Connected { target: cfg.label.clone(), agent, same_tree });
+    if !same_tree {
+        *model = Some(control.fetch_index().await?);
+    }
+    let model = model.as_mut().expect("set above");
+
+    let mut first = true;
+    let mut reported_in_sync = false;
+    let mut failures_in_a_row = 0u32;
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        let ops = diff::diff(&snap.index, model, &|p: &RelPath, is_dir| snap.keeps(p, is_dir));
+        if ops.is_empty() {
+            if !reported_in_sync {
+                ui.emit(Event::InSync {
+                    target: cfg.label.clone(),
+                    root: model.root_hash().to_hex(),
+                    entries: model.len() as u64,
+                });
+                reported_in_sync = true;
+            }
+            if cfg.once {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = snapshots.changed() => changed.context("the source watcher stopped")?,
+                e = conn.closed() => bail!("connection lost: {e}"),
+            }
+            continue;
+        }
+        reported_in_sync = false;
+        let started = if first { connected_at } else { snap.changed_at };
+        first = false;
+        *next_id += 1;
+        let failed = send_changeset(conn, cfg, &mut control, *next_id, &ops, model, ui, started).await?;
+        if failed {
+            // Let the disk settle (a file being written as it was sent), then retry; back off if
+            // the same paths keep failing.
+            failures_in_a_row += 1;
+            let wait = Duration::from_millis(50 << failures_in_a_row.min(8));
+            tokio::select! {
+                _ = snapshots.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        } else {
+            failures_in_a_row = 0;
+        }
+    }
+}
+
+/// Sends one changeset and updates the model; true when some paths failed.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+async fn send_changeset(
+    conn: &quinn::Connection,
+    cfg: &SessionConfig,
+    control: &mut Control,
+    id: u64,
+    ops: &[Op],
+    model: &mut TreeIndex,
+    ui: &Ui,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let summary = diff::summarize(ops);
+    let planned = {
+        let (root, ops, snapshot_model, memory) = (cfg.source_root.clone(), ops.to_vec(), model.clone(), cfg.memory.clone());
+        tokio::task::spawn_blocking(move || send::plan(&root, &ops, &snapshot_model, &memory)).await?
+    };
+    let wire_bytes: u64 = planned.iter().map(send::Planned::wire_bytes).sum();
+    let files_total = planned.len() as u64;
+    let streams = send::batch(planned);
+    let progress = Arc::new(Progress::default());
+    let udp_before = conn.stats().udp_tx.bytes;
+
+    let commit = HostMsg::Commit { id, data_streams: streams.len() as u32, ops: ops.to_vec(), reload: true };
+    write_frame(&mut control.send, &commit).await?;
+    let mut tasks = JoinSet::new();
+    for records in streams {
+        tasks.spawn(send::send_stream(
+            conn.clone(),
+            cfg.source_root.clone(),
+            id,
+            records,
+            progress.clone(),
+            cfg.memory.clone(),
+        ));
+    }
+    let reporter = (files_total as usize >= PROGRESS_FILES || wire_bytes >= PROGRESS_BYTES).then(|| {
+        let (ui, progress, label) = (ui.clone(), progress.clone(), cfg.label.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                ui.emit(Event::Progress {
+                    target: label.clone(),
+                    files_done: progress.files.load(Ordering::Relaxed),
+                    files_total,
+                    bytes_done: progress.bytes.load(Ordering::Relaxed),
+                    bytes_total: wire_bytes,
+                });
+            }
+        })
+    });
+    let sent = async {
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    sent?;
+    let reply = control.recv().await?;
+    let AgentMsg::Applied { id: got, root, failed, reload, .. } = reply else {
+        bail!("expected the agent to confirm changeset {id}, got {reply:?}");
+    };
+    anyhow::ensure!(got == id, "the agent confirmed changeset {got}, expected {id}");
+    let latency = started.elapsed();
+    diff::apply(model, ops);
+    let diverged = model.root_hash() != root;
+    if !failed.is_empty() || diverged {
+        // What the agent has is not what we think: learn it again (rare: a file changed
+        // while being sent, or something else wrote into the agent's root).
+        *model = control.fetch_index().await?;
+    }
+    ui.emit(Event::Synced {
+        target: cfg.label.clone(),
+        changeset: id,
+        written: summary.written,
+        deleted: summary.deleted,
+        other: summary.other,
+        bytes: summary.bytes,
+        sent_bytes: wire_bytes,
+        udp_bytes: conn.stats().udp_tx.bytes - udp_before,
+        latency_ms: latency.as_secs_f64() * 1000.0,
+        reload,
+        failed: failed.iter().map(|f| format!("{}: {}", f.path, f.reason)).collect(),
+        root: root.to_hex(),
+    });
+    Ok(!failed.is_empty())
+}

@@ -1,0 +1,3 @@
+fetch("message.txt").then((r) => r.text()).then((t) => {
+  document.getElementById("message").textContent = t;
+});
