@@ -176,10 +176,14 @@ async fn sync_connection(
     let AgentMsg::Welcome { root, agent, .. } = control.recv().await? else {
         bail!("the agent did not answer Hello with Welcome");
     };
-    let same_tree = model.as_ref().is_some_and(|m| m.root_hash() == root);
+    // One hash decides whether a file list is needed: the agent has what we last left it
+    // with, or exactly our current tree (a new host process, nothing changed).
+    let known = model.as_ref().is_some_and(|m| m.root_hash() == root);
+    let current = snapshots.borrow().index.clone();
+    let same_tree = known || current.root_hash() == root;
     ui.emit(Event::Connected { target: cfg.label.clone(), agent, same_tree });
-    if !same_tree {
-        *model = Some(control.fetch_index().await?);
+    if !known {
+        *model = Some(if same_tree { current } else { control.fetch_index().await? });
     }
     let model = model.as_mut().expect("set above");
 
