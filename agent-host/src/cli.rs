@@ -104,7 +104,9 @@ pub struct ExampleAppArgs {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo(a) => crate::demo::run(crate::demo::DemoOptions { edits: a.edits, keep: a.keep, json: a.json }).await,
+        Command::Demo(a) => {
+            crate::demo::run(crate::demo::DemoOptions { edits: a.edits, keep: a.keep, json: a.json }).await
+        }
         Command::Sync(a) => sync(a).await,
         Command::Credentials(a) => credentials(&a.out),
         Command::ExampleApp(a) => crate::example_app::run(a.dir, a.state_file).await,
@@ -132,7 +134,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         bail!("source {} is not a directory", root.display());
     }
     let (cache_file, chunks_file) = cache_files(&root, args.cache_dir.as_deref());
-    let snapshots = source::start(root.clone(), args.ignore.clone(), cache_file, !args.once, ui.clone())?;
+    let snapshots = source::start(&root, &args.ignore, cache_file, !args.once, ui.clone())?;
     let memory = Arc::new(ChunkMemory::load(&chunks_file));
     let cfg = SessionConfig {
         addr,
@@ -170,13 +172,16 @@ async fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
 
 /// The hash cache and chunk-list files for a source root.
 fn cache_files(root: &Path, dir: Option<&Path>) -> (PathBuf, PathBuf) {
-    let dir = dir.map(Path::to_owned).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("hotsync")
-    });
+    let dir = dir.map_or_else(
+        || {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("hotsync")
+        },
+        Path::to_owned,
+    );
     let key = hotsync_core::Hash::of(root.as_os_str().as_encoded_bytes()).short();
     (dir.join(format!("{key}.hashes")), dir.join(format!("{key}.chunks")))
 }

@@ -3,7 +3,7 @@
 //! to the agent's root, and a few scripted edits with the time each took to reach the app.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,14 +56,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()
         .context("cannot start the example app")?;
-    let app_pid = app.id().context("the example app exited at once")? as i32;
+    let app_pid = i32::try_from(app.id().context("the example app exited at once")?)?;
     wait_for(&state_file, Duration::from_secs(10), |s| s.0 == 0).await.context("the example app did not start")?;
 
     let agent = Agent::start(AgentConfig {
         root: pod.clone(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         identity: Identity::load(&creds, Role::Agent)?,
-        reload: ReloadAction::Signal { signal: rustix::process::Signal::HUP.as_raw(), target: SignalTarget::Pid(app_pid) },
+        reload: ReloadAction::Signal {
+            signal: rustix::process::Signal::HUP.as_raw(),
+            target: SignalTarget::Pid(app_pid),
+        },
     })?;
     let addr = agent.local_addr()?;
     let agent_endpoint = agent.endpoint();
@@ -71,7 +74,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     say(&opts, &format!("agent listening on {addr} (QUIC, mutual TLS); app pid {app_pid} reloads on SIGHUP"));
 
     let (ui, mut events) = Ui::observed(opts.json);
-    let snapshots = source::start(src.clone(), Vec::new(), base.path().join("cache"), true, ui.clone())?;
+    let snapshots = source::start(&src, &[], base.path().join("cache"), true, ui.clone())?;
     let cfg = SessionConfig {
         addr,
         label: addr.to_string(),
@@ -88,14 +91,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             None => bail!("the sync session stopped before the first sync"),
         }
     }
-    wait_for(&state_file, Duration::from_secs(10), |s| s.0 >= 1).await.context("the app was not signalled after the first sync")?;
+    wait_for(&state_file, Duration::from_secs(10), |s| s.0 >= 1)
+        .await
+        .context("the app was not signalled after the first sync")?;
 
     let mut latencies = Vec::new();
     for i in 1..=opts.edits {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let before = read_state(&state_file).map_or(0, |s| s.0);
         let text = format!("Hello from edit #{i}!");
-        say(&opts, &format!("\nedit #{i}: writing {:?} to message.txt", text));
+        say(&opts, &format!("\nedit #{i}: writing {text:?} to message.txt"));
         let t0 = Instant::now();
         std::fs::write(src.join("message.txt"), &text)?;
         wait_for(&state_file, Duration::from_secs(10), |s| s.0 > before && s.1 == text)
@@ -107,11 +112,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
     if !latencies.is_empty() {
         latencies.sort_by(f64::total_cmp);
-        say(&opts, &format!(
-            "\nsave → app reloaded with the new content: median {:.1} ms over {} edits (debug.log stayed local: it is in .gitignore)",
-            latencies[latencies.len() / 2],
-            latencies.len()
-        ));
+        say(
+            &opts,
+            &format!(
+                "\nsave → app reloaded with the new content: median {:.1} ms over {} edits (debug.log stayed local: it is in .gitignore)",
+                latencies[latencies.len() / 2],
+                latencies.len()
+            ),
+        );
     }
     if opts.keep {
         say(&opts, &format!("\nEdit files in {} and watch the app reload; Ctrl-C to stop.", src.display()));
@@ -138,7 +146,7 @@ fn write_example(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for(state_file: &PathBuf, limit: Duration, done: impl Fn(&(u64, String)) -> bool) -> anyhow::Result<()> {
+async fn wait_for(state_file: &Path, limit: Duration, done: impl Fn(&(u64, String)) -> bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         if read_state(state_file).is_some_and(|s| done(&s)) {

@@ -23,7 +23,8 @@ pub async fn run(dir: PathBuf, state_file: Option<PathBuf>) -> anyhow::Result<()
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         reloads += 1;
-        let message = std::fs::read_to_string(dir.join("message.txt")).unwrap_or_else(|_| "(no message.txt yet)".into());
+        let message =
+            std::fs::read_to_string(dir.join("message.txt")).unwrap_or_else(|_| "(no message.txt yet)".into());
         let message = message.trim();
         println!("app: reload #{reloads} (SIGHUP): message.txt says {message:?}");
         if let Some(f) = &state_file {

@@ -213,7 +213,9 @@ pub async fn send_stream(
         let path = root.join(p.record.path.as_str());
         let chunker = p.remember_chunks.then(|| {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || File::open(path).and_then(|f| chunk::chunk_reader(std::io::BufReader::with_capacity(IO_CHUNK, f))))
+            tokio::task::spawn_blocking(move || {
+                File::open(path).and_then(|f| chunk::chunk_reader(std::io::BufReader::with_capacity(IO_CHUNK, f)))
+            })
         });
         // A file that vanished since it was hashed is sent as zeros: the stream stays
         // well-formed, the agent sees the hash mismatch, and the next changeset catches up.

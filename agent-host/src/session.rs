@@ -46,7 +46,8 @@ const PROGRESS_BYTES: u64 = 32 << 20;
 
 /// Runs the session until `once` is done, a fatal error, or forever.
 pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot>>, ui: Ui) -> anyhow::Result<()> {
-    let endpoint = hotsync_transport::client_endpoint(&cfg.identity, cfg.addr).context("cannot create the QUIC endpoint")?;
+    let endpoint =
+        hotsync_transport::client_endpoint(&cfg.identity, cfg.addr).context("cannot create the QUIC endpoint")?;
     let mut model: Option<TreeIndex> = None;
     let mut next_id = 0u64;
     let mut backoff = BACKOFF_START;
@@ -134,7 +135,9 @@ struct Control {
 impl Control {
     async fn recv(&mut self) -> anyhow::Result<AgentMsg> {
         match read_frame::<AgentMsg>(&mut self.recv).await? {
-            Some(AgentMsg::Refused { reason }) => Err(anyhow!(Fatal(anyhow!("the agent refused the session: {reason}")))),
+            Some(AgentMsg::Refused { reason }) => {
+                Err(anyhow!(Fatal(anyhow!("the agent refused the session: {reason}"))))
+            }
             Some(msg) => Ok(msg),
             None => bail!("the agent closed the session"),
         }
@@ -245,7 +248,8 @@ async fn send_changeset(
 ) -> anyhow::Result<bool> {
     let summary = diff::summarize(ops);
     let planned = {
-        let (root, ops, snapshot_model, memory) = (cfg.source_root.clone(), ops.to_vec(), model.clone(), cfg.memory.clone());
+        let (root, ops, snapshot_model, memory) =
+            (cfg.source_root.clone(), ops.to_vec(), model.clone(), cfg.memory.clone());
         tokio::task::spawn_blocking(move || send::plan(&root, &ops, &snapshot_model, &memory)).await?
     };
     let wire_bytes: u64 = planned.iter().map(send::Planned::wire_bytes).sum();

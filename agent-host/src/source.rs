@@ -49,8 +49,8 @@ const CACHE_SAVE_EVERY: Duration = Duration::from_secs(5);
 /// Starts watching `root`, scans it, and returns a receiver of snapshots (the first one is
 /// the initial scan). With `watch_changes` false, only the initial scan is made.
 pub fn start(
-    root: PathBuf,
-    ignore: Vec<String>,
+    root: &Path,
+    ignore: &[String],
     cache_path: PathBuf,
     watch_changes: bool,
     ui: Ui,
@@ -72,7 +72,7 @@ pub fn start(
     };
 
     let started = Instant::now();
-    let rules = IgnoreRules::new(&root, &ignore);
+    let rules = IgnoreRules::new(&root, ignore);
     for w in &rules.warnings {
         ui.emit(Event::Warning { message: w.clone() });
     }
@@ -169,7 +169,7 @@ impl Source {
             if rules_changed {
                 let root = self.scanner.root().to_owned();
                 let old = std::mem::replace(&mut self.scanner.rules, IgnoreRules::none(&root));
-                self.scanner.rules = rebuild_rules(&root, old);
+                self.scanner.rules = rebuild_rules(&root, &old);
             }
             match self.scanner.scan_all() {
                 Ok((index, report)) => {
@@ -206,7 +206,7 @@ impl Source {
 }
 
 /// Fresh rules after an ignore file changed, with the user's own patterns kept.
-fn rebuild_rules(root: &Path, old: IgnoreRules) -> IgnoreRules {
+fn rebuild_rules(root: &Path, old: &IgnoreRules) -> IgnoreRules {
     let mut fresh = IgnoreRules::new(root, &old.user_patterns);
     fresh.generation = old.generation + 1;
     fresh
@@ -267,6 +267,17 @@ pub fn totals(index: &TreeIndex) -> (u64, u64, u64) {
     (files, dirs, bytes)
 }
 
+/// Every content hash in `index` (to keep only the chunk lists still useful).
+pub fn content_hashes(index: &TreeIndex) -> std::collections::HashSet<hotsync_core::Hash> {
+    let mut out = std::collections::HashSet::new();
+    walk(index.root(), None, &mut |_, node| {
+        if let Node::File(m) = node {
+            out.insert(m.hash);
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,15 +289,4 @@ mod tests {
         let got: Vec<String> = minimal(set).into_iter().map(|p| p.to_string()).collect();
         assert_eq!(got, ["a", "a-b", "d/e", "d/f"]);
     }
-}
-
-/// Every content hash in `index` (to keep only the chunk lists still useful).
-pub fn content_hashes(index: &TreeIndex) -> std::collections::HashSet<hotsync_core::Hash> {
-    let mut out = std::collections::HashSet::new();
-    walk(index.root(), None, &mut |_, node| {
-        if let Node::File(m) = node {
-            out.insert(m.hash);
-        }
-    });
-    out
 }

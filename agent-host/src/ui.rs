@@ -1,6 +1,7 @@
 //! What the user sees: one line per changeset, progress on long work, or JSON events for
 //! scripts (`--json`, one object per line on stdout).
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::Duration;
 
@@ -11,11 +12,32 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Scanned { files: u64, dirs: u64, bytes: u64, hashed: u64, millis: u64 },
-    Skipped { path: String, reason: String },
-    Connecting { target: String },
-    Connected { target: String, agent: String, same_tree: bool },
-    Progress { target: String, files_done: u64, files_total: u64, bytes_done: u64, bytes_total: u64 },
+    Scanned {
+        files: u64,
+        dirs: u64,
+        bytes: u64,
+        hashed: u64,
+        millis: u64,
+    },
+    Skipped {
+        path: String,
+        reason: String,
+    },
+    Connecting {
+        target: String,
+    },
+    Connected {
+        target: String,
+        agent: String,
+        same_tree: bool,
+    },
+    Progress {
+        target: String,
+        files_done: u64,
+        files_total: u64,
+        bytes_done: u64,
+        bytes_total: u64,
+    },
     Synced {
         target: String,
         changeset: u64,
@@ -34,9 +56,19 @@ pub enum Event {
         failed: Vec<String>,
         root: String,
     },
-    InSync { target: String, root: String, entries: u64 },
-    Disconnected { target: String, error: String, retry_in_ms: u64 },
-    Warning { message: String },
+    InSync {
+        target: String,
+        root: String,
+        entries: u64,
+    },
+    Disconnected {
+        target: String,
+        error: String,
+        retry_in_ms: u64,
+    },
+    Warning {
+        message: String,
+    },
 }
 
 /// Where events go: printed at once (text or JSON), then handed to an optional observer.
@@ -116,22 +148,22 @@ fn print(event: &Event, json: bool) {
             if *other > 0 {
                 parts.push(format!("{other} other"));
             }
-            let mut line = format!("✓ {target}: {}, {} sent, in {latency_ms:.1} ms", parts.join(", "), human_bytes(*sent_bytes));
+            let mut line =
+                format!("✓ {target}: {}, {} sent, in {latency_ms:.1} ms", parts.join(", "), human_bytes(*sent_bytes));
             if let Some(r) = reload {
-                line.push_str(&format!(" · {r}"));
+                let _ = write!(line, " · {r}");
             }
             if !failed.is_empty() {
-                line.push_str(&format!(" · {} failed, retrying: {}", failed.len(), failed.join("; ")));
+                let _ = write!(line, " · {} failed, retrying: {}", failed.len(), failed.join("; "));
             }
             line
         }
         Event::InSync { target, root, entries } => {
             format!("= {target}: in sync ({} entries, tree {})", count(*entries), &root[..12.min(root.len())])
         }
-        Event::Disconnected { target, error, retry_in_ms } => format!(
-            "✗ {target}: {error}; retrying in {:.1} s",
-            Duration::from_millis(*retry_in_ms).as_secs_f64()
-        ),
+        Event::Disconnected { target, error, retry_in_ms } => {
+            format!("✗ {target}: {error}; retrying in {:.1} s", Duration::from_millis(*retry_in_ms).as_secs_f64())
+        }
     };
     let _ = writeln!(out, "{line}");
 }

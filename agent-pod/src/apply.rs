@@ -67,7 +67,10 @@ impl<'a> StagingFile<'a> {
             let want = buf.len().min((len - done) as usize);
             let n = src.read_at(&mut buf[..want], offset + done)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{from} is shorter than the recipe says")));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{from} is shorter than the recipe says"),
+                ));
             }
             self.write_data(&buf[..n])?;
             done += n as u64;
@@ -141,7 +144,12 @@ pub fn apply_changeset(
     Outcome { failed, changed }
 }
 
-fn apply_op(sandbox: &Sandbox, op: &Op, staged: &mut HashMap<RelPath, Staged>, cache: &mut HashCache) -> Result<bool, String> {
+fn apply_op(
+    sandbox: &Sandbox,
+    op: &Op,
+    staged: &mut HashMap<RelPath, Staged>,
+    cache: &mut HashCache,
+) -> Result<bool, String> {
     let text = |e: io::Error| e.to_string();
     match op {
         Op::Delete { path } => Ok(sandbox.delete(path).map_err(text)? == Deleted::Removed),

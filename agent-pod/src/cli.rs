@@ -79,9 +79,9 @@ impl ServeArgs {
             return Ok(ReloadAction::Signal { signal, target });
         }
         if let Some(cmd) = &self.on_change_exec {
-            let argv = shlex::split(cmd).filter(|a| !a.is_empty()).with_context(|| {
-                format!("--on-change-exec {cmd:?}: unbalanced quotes or empty command")
-            })?;
+            let argv = shlex::split(cmd)
+                .filter(|a| !a.is_empty())
+                .with_context(|| format!("--on-change-exec {cmd:?}: unbalanced quotes or empty command"))?;
             return Ok(ReloadAction::Exec { argv });
         }
         Ok(ReloadAction::None)

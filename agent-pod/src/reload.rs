@@ -18,9 +18,14 @@ pub enum SignalTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReloadAction {
     None,
-    Signal { signal: i32, target: SignalTarget },
+    Signal {
+        signal: i32,
+        target: SignalTarget,
+    },
     /// Run this program with these arguments (no shell: the sidecar image has none), in the root.
-    Exec { argv: Vec<String> },
+    Exec {
+        argv: Vec<String>,
+    },
 }
 
 /// Parses a signal given as `HUP`, `SIGHUP` or a number.
@@ -37,7 +42,9 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         "KILL" => Signal::KILL,
         "WINCH" => Signal::WINCH,
         other => {
-            let n: i32 = other.parse().map_err(|_| format!("unknown signal {s:?}; use a name such as HUP, USR1, TERM or a number"))?;
+            let n: i32 = other
+                .parse()
+                .map_err(|_| format!("unknown signal {s:?}; use a name such as HUP, USR1, TERM or a number"))?;
             return Signal::from_named_raw(n).map(|_| n).ok_or_else(|| format!("{n} is not a signal number"));
         }
     };
@@ -92,7 +99,7 @@ impl ReloadAction {
 
 /// Pids of the processes named `name`, other than this one.
 fn find_processes(name: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
+    let me = rustix::process::getpid().as_raw_nonzero().get();
     // The kernel keeps at most 15 bytes of a process name in `comm`.
     let comm_name: String = name.chars().take(15).collect();
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };

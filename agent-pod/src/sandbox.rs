@@ -109,7 +109,8 @@ impl Sandbox {
 
     /// Sets the mode of a staging file before it is committed.
     pub fn set_temp_mode(&self, name: &str, mode: u32) -> io::Result<()> {
-        let fd = rustix::fs::openat(&self.tmp, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        let fd =
+            rustix::fs::openat(&self.tmp, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
         Ok(())
     }
@@ -172,11 +173,13 @@ impl Sandbox {
         match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::empty()) {
             Ok(()) => Ok(Deleted::Removed),
             Err(Errno::NOENT) => Ok(Deleted::Absent),
-            Err(Errno::ISDIR | Errno::PERM) => match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::REMOVEDIR) {
-                Ok(()) => Ok(Deleted::Removed),
-                Err(Errno::NOTEMPTY | Errno::EXIST) => Ok(Deleted::KeptNonEmpty),
-                Err(e) => Err(e.into()),
-            },
+            Err(Errno::ISDIR | Errno::PERM) => {
+                match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::REMOVEDIR) {
+                    Ok(()) => Ok(Deleted::Removed),
+                    Err(Errno::NOTEMPTY | Errno::EXIST) => Ok(Deleted::KeptNonEmpty),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Err(e) => Err(e.into()),
         }
     }

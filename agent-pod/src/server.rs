@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hotsync_core::proto::Failure;
 use hotsync_core::proto::{
     AgentMsg, DataHeader, FileRecord, HostMsg, INDEX_PART_ENTRIES, MAGIC, PROTOCOL_VERSION, Piece,
 };
-use hotsync_core::proto::Failure;
 use hotsync_core::{RelPath, TreeIndex};
 use hotsync_scan::{HashCache, IgnoreRules, Scanner};
 use hotsync_transport::{FrameError, Identity, read_frame, server_endpoint, write_frame};
@@ -66,7 +66,10 @@ impl Agent {
             Ok(m) if m.is_dir() => {}
             Ok(_) => bail!("--root {} is not a directory", root.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("--root {} does not exist: create it, or point --root at the directory the app reads", root.display())
+                bail!(
+                    "--root {} does not exist: create it, or point --root at the directory the app reads",
+                    root.display()
+                )
             }
             Err(e) => bail!("cannot use --root {}: {e}", root.display()),
         }
@@ -346,10 +349,8 @@ async fn stage_record(
             Piece::Data { len } => {
                 let mut left = *len;
                 while left > 0 {
-                    let chunk = recv
-                        .read_chunk((left as usize).min(1 << 20), true)
-                        .await?
-                        .ok_or(FrameError::Truncated)?;
+                    let chunk =
+                        recv.read_chunk((left as usize).min(1 << 20), true).await?.ok_or(FrameError::Truncated)?;
                     left -= chunk.bytes.len() as u64;
                     if let (Some(f), None) = (file.as_mut(), &problem) {
                         if let Err(e) = f.write_data(&chunk.bytes) {
@@ -363,7 +364,8 @@ async fn stage_record(
                     continue;
                 }
                 let Some(f) = file.as_mut() else { continue };
-                let (from, offset, len) = copy_source(f.record(), piece).map(|(p, o, l)| (p.clone(), o, l)).expect("a copy piece");
+                let (from, offset, len) =
+                    copy_source(f.record(), piece).map(|(p, o, l)| (p.clone(), o, l)).expect("a copy piece");
                 if let Err(e) = f.copy_existing(&from, offset, len) {
                     problem = Some(format!("cannot copy from {from}: {e}"));
                 }

@@ -124,6 +124,7 @@ impl Agent {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = strip_ansi(&line);
                 if line.contains("hotsync-agent listening") {
                     let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).map(str::to_owned);
                     let _ = tx.send(addr);
@@ -138,7 +139,7 @@ impl Agent {
             let _ = child.kill();
             panic!("hotsync-agent did not start: {}", log.lock().unwrap());
         });
-        Self { child, addr: strip_ansi(&addr).parse().expect("agent address"), log }
+        Self { child, addr: addr.parse().expect("agent address"), log }
     }
 
     /// Kills the agent with SIGKILL (no chance to clean up).
@@ -303,7 +304,9 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
         let only_src: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
         let only_dst: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
         let differ: Vec<_> = a.iter().filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v)).map(|(k, _)| k).collect();
-        panic!("trees differ:\n only in source: {only_src:?}\n only in agent root: {only_dst:?}\n different: {differ:?}");
+        panic!(
+            "trees differ:\n only in source: {only_src:?}\n only in agent root: {only_dst:?}\n different: {differ:?}"
+        );
     }
 }
 
@@ -323,6 +326,14 @@ pub fn wait_same_tree(src: &Path, dst: &Path) {
 pub fn write(path: &Path, content: impl AsRef<[u8]>) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, content).unwrap();
+}
+
+/// Replaces a file the way careful editors save: a temp file renamed over it, so the source
+/// itself never holds a half-written version.
+pub fn write_atomic(path: &Path, content: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("hotsync-test-tmp");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
 }
 
 /// Deterministic pseudo-random bytes.

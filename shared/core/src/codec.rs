@@ -62,7 +62,7 @@ impl FrameReader {
     }
 
     /// The next whole message, `None` if more bytes are needed.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T, CodecError>> {
+    pub fn pop<T: DeserializeOwned>(&mut self) -> Option<Result<T, CodecError>> {
         let header: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
         let len = match body_len(header) {
             Ok(len) => len,
@@ -108,11 +108,11 @@ mod tests {
             let mut r = FrameReader::default();
             r.push(&bytes[..split]);
             let mut got: Vec<HostMsg> = Vec::new();
-            while let Some(m) = r.next() {
+            while let Some(m) = r.pop() {
                 got.push(m.unwrap());
             }
             r.push(&bytes[split..]);
-            while let Some(m) = r.next() {
+            while let Some(m) = r.pop() {
                 got.push(m.unwrap());
             }
             assert_eq!(got, [commit(), HostMsg::GetIndex]);
@@ -123,7 +123,7 @@ mod tests {
     fn oversized_frames_are_refused_before_allocation() {
         let mut r = FrameReader::default();
         r.push(&u32::MAX.to_le_bytes());
-        assert!(matches!(r.next::<HostMsg>(), Some(Err(CodecError::TooLarge(_)))));
+        assert!(matches!(r.pop::<HostMsg>(), Some(Err(CodecError::TooLarge(_)))));
     }
 
     #[test]
@@ -156,7 +156,7 @@ mod tests {
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let mut r = FrameReader::default();
             r.push(&bytes);
-            while let Some(Ok(_)) = r.next::<HostMsg>() {}
+            while let Some(Ok(_)) = r.pop::<HostMsg>() {}
             let _ = decode::<crate::proto::AgentMsg>(&bytes);
             let _ = decode::<FileRecord>(&bytes);
         }

@@ -233,10 +233,7 @@ mod tests {
     fn only_the_exec_bit_changed_sends_no_content() {
         let local = TreeIndex::from_entries([(p("run.sh"), file("#!", true))]);
         let remote = TreeIndex::from_entries([(p("run.sh"), file("#!", false))]);
-        assert_eq!(
-            diff(&local, &remote, &|_, _| false),
-            [Op::SetExecutable { path: p("run.sh"), executable: true }]
-        );
+        assert_eq!(diff(&local, &remote, &|_, _| false), [Op::SetExecutable { path: p("run.sh"), executable: true }]);
     }
 
     #[test]
@@ -352,8 +349,12 @@ mod tests {
         ) {
             let mut local = TreeIndex::new();
             let mut remote = TreeIndex::new();
-            local_edits.iter().for_each(|e| perform(&mut local, e));
-            remote_edits.iter().for_each(|e| perform(&mut remote, e));
+            for e in &local_edits {
+                perform(&mut local, e);
+            }
+            for e in &remote_edits {
+                perform(&mut remote, e);
+            }
             // The host ignores "b/e" and what is below it: it never has it locally.
             let ignored = p("b/e");
             local.remove(&ignored);

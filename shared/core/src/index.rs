@@ -27,7 +27,9 @@ pub struct FileMeta {
 pub enum Entry {
     File(FileMeta),
     /// A symbolic link, stored as a link and never followed.
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     Dir,
 }
 
@@ -212,10 +214,7 @@ impl TreeIndex {
             if components.peek().is_none() {
                 return (dir, name);
             }
-            let slot = dir
-                .children_mut()
-                .entry(name.to_owned())
-                .or_insert_with(|| Node::Dir(Arc::default()));
+            let slot = dir.children_mut().entry(name.to_owned()).or_insert_with(|| Node::Dir(Arc::default()));
             if !matches!(slot, Node::Dir(_)) {
                 *slot = Node::Dir(Arc::default());
             }
@@ -292,10 +291,7 @@ mod tests {
 
     #[test]
     fn entries_round_trip_parents_first() {
-        let a = TreeIndex::from_entries([
-            (p("b/c/d"), file(b"1")),
-            (p("a"), Entry::Symlink { target: "../x".into() }),
-        ]);
+        let a = TreeIndex::from_entries([(p("b/c/d"), file(b"1")), (p("a"), Entry::Symlink { target: "../x".into() })]);
         let entries = a.entries();
         let names: Vec<_> = entries.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(names, ["a", "b", "b/c", "b/c/d"]);

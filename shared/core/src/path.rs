@@ -111,8 +111,7 @@ impl RelPath {
 
     /// True when `self` is `other` or lies below it.
     pub fn starts_with(&self, other: &RelPath) -> bool {
-        self.0 == other.0
-            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+        self.0 == other.0 || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
     }
 }
 
@@ -167,8 +166,20 @@ mod tests {
     #[test]
     fn rejects_every_escape() {
         for bad in [
-            "", "/etc/passwd", "..", "../x", "a/../../x", "a/..", "./a", "a/./b", "a//b", "a/",
-            "a\0b", "a\\..\\b", ".hotsync", ".hotsync/tmp/x",
+            "",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "./a",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\0b",
+            "a\\..\\b",
+            ".hotsync",
+            ".hotsync/tmp/x",
         ] {
             assert!(RelPath::new(bad).is_err(), "{bad:?} must be rejected");
         }

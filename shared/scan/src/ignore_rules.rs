@@ -56,8 +56,7 @@ impl IgnoreRules {
             warnings.push(format!("ignore patterns: {e}"));
             Gitignore::empty()
         });
-        let mut rules =
-            Self {
+        let mut rules = Self {
             root: root.to_owned(),
             enabled: true,
             extra,

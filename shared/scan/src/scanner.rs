@@ -132,10 +132,9 @@ impl Scanner {
             } else if ft.is_symlink() {
                 match fs::read_link(entry.path()).map(|t| t.into_os_string().into_string()) {
                     Ok(Ok(target)) => entries.push((rel, Entry::Symlink { target })),
-                    Ok(Err(_)) => report.skipped.push(Skipped {
-                        path: rel.to_string(),
-                        reason: "link target is not UTF-8".into(),
-                    }),
+                    Ok(Err(_)) => report
+                        .skipped
+                        .push(Skipped { path: rel.to_string(), reason: "link target is not UTF-8".into() }),
                     Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: io_reason(Some(&e)) }),
                 }
             } else if ft.is_file() {
@@ -144,10 +143,9 @@ impl Scanner {
                         let key = StatKey::of(&meta);
                         let executable = meta.permissions().mode() & 0o111 != 0;
                         match self.cache.hash(rel.as_str(), &key) {
-                            Some(hash) => entries.push((
-                                rel,
-                                Entry::File(FileMeta { size: key.size, executable, hash }),
-                            )),
+                            Some(hash) => {
+                                entries.push((rel, Entry::File(FileMeta { size: key.size, executable, hash })))
+                            }
                             None => pending.push(PendingFile { path: rel, key, executable }),
                         }
                     }
@@ -185,7 +183,9 @@ fn hash_all<'a>(root: &Path, files: &'a [PendingFile]) -> Vec<(&'a PendingFile, 
     std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(per)
-            .map(|part| s.spawn(move || part.iter().map(|f| (f, hash_file(&root.join(f.path.as_str())))).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || part.iter().map(|f| (f, hash_file(&root.join(f.path.as_str())))).collect::<Vec<_>>())
+            })
             .collect();
         // A hashing thread only panics if the allocator does; propagate it.
         handles.into_iter().flat_map(|h| h.join().expect("hash worker panicked")).collect()

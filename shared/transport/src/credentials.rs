@@ -7,7 +7,9 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -146,13 +148,9 @@ impl GeneratedCredentials {
         }
         for (name, text) in &self.files {
             let path = dir.join(name);
-            let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&path)
-                .map_err(werr(&path))?;
+            let mode = if [HOST_KEY, AGENT_KEY].contains(name) { 0o600 } else { 0o644 };
+            let mut f =
+                fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&path).map_err(werr(&path))?;
             f.write_all(text.as_bytes()).map_err(werr(&path))?;
         }
         Ok(())

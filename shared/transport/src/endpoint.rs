@@ -55,9 +55,8 @@ pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<quinn::E
 
 /// The server side's QUIC configuration.
 pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, EndpointError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(identity)?), provider())
-        .build()
-        .map_err(tls_err)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(identity)?), provider()).build().map_err(tls_err)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -88,9 +87,8 @@ pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, Endpoin
 
 /// A client endpoint on an ephemeral port of the address family of `peer`.
 pub fn client_endpoint(identity: &Identity, peer: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
-    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .expect("a literal socket address");
+    let bind: SocketAddr =
+        if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("a literal socket address");
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(identity)?);
     Ok(endpoint)
