@@ -51,6 +51,7 @@ struct Shared {
     reload: ReloadAction,
     cache_path: PathBuf,
     cache_dirty: AtomicBool,
+    cache_changed: Notify,
 }
 
 struct State {
@@ -76,7 +77,7 @@ impl Agent {
         let sandbox = Sandbox::open(root).with_context(|| {
             format!("cannot write into --root {}: the agent needs a writable directory (check its owner and mode, or the volume's readOnly)", root.display())
         })?;
-        let cache_path = root.join(hotsync_core::path::AGENT_STATE_DIR).join("cache");
+        let cache_path = cache_path(root);
         let mut scanner = Scanner::new(root.clone(), IgnoreRules::none(root), HashCache::load(&cache_path));
         let (index, report) = scanner.scan_all().with_context(|| format!("cannot index {}", root.display()))?;
         info!(root = %root.display(), entries = index.len(), hashed = report.files_hashed, "indexed root");
@@ -90,6 +91,7 @@ impl Agent {
             reload: config.reload,
             cache_path,
             cache_dirty: AtomicBool::new(true),
+            cache_changed: Notify::new(),
         });
         Ok(Self { endpoint, shared })
     }
@@ -106,6 +108,8 @@ impl Agent {
 
     /// Serves hosts until the endpoint is closed.
     pub async fn run(self) -> anyhow::Result<()> {
+        // The start-up scan may have hashed files: save that too.
+        self.shared.cache_changed.notify_one();
         let saver = tokio::spawn(save_cache_periodically(self.shared.clone()));
         while let Some(incoming) = self.endpoint.accept().await {
             let shared = self.shared.clone();
@@ -275,6 +279,7 @@ async fn commit(
     })
     .await?;
     shared.cache_dirty.store(true, Ordering::Relaxed);
+    shared.cache_changed.notify_one();
     let reload_report = if reload && outcome {
         Some(match shared.reload.run(&shared.root) {
             Ok(done) => done,
@@ -391,10 +396,11 @@ fn save_cache(shared: &Shared) {
     }
 }
 
+/// Saves the cache a little after changesets land; sleeps while nothing changes (no polling).
 async fn save_cache_periodically(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
-        tick.tick().await;
+        shared.cache_changed.notified().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || save_cache(&s)).await;
     }
