@@ -144,7 +144,7 @@ impl Scanner {
                         let executable = meta.permissions().mode() & 0o111 != 0;
                         match self.cache.hash(rel.as_str(), &key) {
                             Some(hash) => {
-                                entries.push((rel, Entry::File(FileMeta { size: key.size, executable, hash })))
+                                entries.push((rel, Entry::File(FileMeta { size: key.size, executable, hash })));
                             }
                             None => pending.push(PendingFile { path: rel, key, executable }),
                         }
