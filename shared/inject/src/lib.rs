@@ -197,24 +197,7 @@ pub fn inject(
     init.insert(0, seed);
     init.insert(0, install);
 
-    let mut args = vec![
-        "serve".into(),
-        "--root".into(),
-        MOUNT_ROOT.into(),
-        "--listen".into(),
-        format!("0.0.0.0:{AGENT_PORT}"),
-        "--credentials".into(),
-        MOUNT_CREDENTIALS.into(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    match &opts.reload {
-        Reload::None => {}
-        Reload::Signal { signal, process } => {
-            args.extend(["--on-change-signal".into(), signal.clone(), "--signal-process".into(), process.clone()]);
-        }
-        Reload::Exec { command } => args.extend(["--on-change-exec".into(), command.clone()]),
-    }
+    let args = agent_args(&opts.reload);
     spec.containers.push(Container {
         name: SIDECAR.into(),
         image: Some(opts.agent_image.clone()),
@@ -240,6 +223,29 @@ pub fn inject(
     spec.share_process_namespace = Some(true);
     meta.annotations.get_or_insert_with(BTreeMap::new).insert(ANNOTATION_INJECTED.into(), version.into());
     Ok(Outcome::Injected)
+}
+
+/// The sidecar's command line.
+fn agent_args(reload: &Reload) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--root".into(),
+        MOUNT_ROOT.into(),
+        "--listen".into(),
+        format!("0.0.0.0:{AGENT_PORT}"),
+        "--credentials".into(),
+        MOUNT_CREDENTIALS.into(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    match reload {
+        Reload::None => {}
+        Reload::Signal { signal, process } => {
+            args.extend(["--on-change-signal".into(), signal.clone(), "--signal-process".into(), process.clone()]);
+        }
+        Reload::Exec { command } => args.extend(["--on-change-exec".into(), command.clone()]),
+    }
+    args
 }
 
 fn app_container(spec: &PodSpec, wanted: Option<&str>) -> Result<usize, InjectError> {
