@@ -25,7 +25,8 @@ const EXAMPLE: &[(&str, &str)] = &[
     ("index.html", include_str!("../../examples/demo/index.html")),
     ("static/app.js", include_str!("../../examples/demo/static/app.js")),
     (".gitignore", include_str!("../../examples/demo/.gitignore")),
-    ("debug.log", include_str!("../../examples/demo/debug.log")),
+    // Ignored by the example's .gitignore, so it cannot live in the repository: made here.
+    ("debug.log", "This file is ignored by .gitignore: it stays on your machine.\n"),
 ];
 
 /// Options of `hotsync demo`.
