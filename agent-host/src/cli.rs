@@ -10,7 +10,7 @@ use hotsync_transport::credentials::GeneratedCredentials;
 use hotsync_transport::{Identity, Role};
 
 use crate::send::ChunkMemory;
-use crate::session::{self, SessionConfig};
+use crate::session::{self, SessionConfig, Transport};
 use crate::source;
 use crate::ui::Ui;
 
@@ -71,6 +71,10 @@ pub struct SyncArgs {
     /// Directory with ca.pem, host.pem and host.key (from `hotsync credentials`).
     #[arg(long)]
     pub credentials: PathBuf,
+    /// How packets reach the agent: udp, or tcp for an agent serving `--listen-tcp` behind a
+    /// TCP-only path (port-forward, tunnel).
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    pub transport: Transport,
     /// Sync once, check that the agent's tree equals the source, and exit.
     #[arg(long)]
     pub once: bool,
@@ -138,6 +142,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let memory = Arc::new(ChunkMemory::load(&chunks_file));
     let cfg = SessionConfig {
         addr,
+        transport: args.transport,
         label: args.to.clone(),
         identity,
         once: args.once,

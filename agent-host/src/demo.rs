@@ -63,6 +63,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let agent = Agent::start(AgentConfig {
         root: pod.clone(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen_tcp: None,
         identity: Identity::load(&creds, Role::Agent)?,
         reload: ReloadAction::Signal {
             signal: rustix::process::Signal::HUP.as_raw(),
@@ -70,7 +71,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         },
     })?;
     let addr = agent.local_addr()?;
-    let agent_endpoint = agent.endpoint();
+    let agent_endpoints = agent.endpoints();
     tokio::spawn(agent.run());
     say(&opts, &format!("agent listening on {addr} (QUIC, mutual TLS); app pid {app_pid} reloads on SIGHUP"));
 
@@ -78,6 +79,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let snapshots = source::start(&src, &[], base.path().join("cache"), true, ui.clone())?;
     let cfg = SessionConfig {
         addr,
+        transport: session::Transport::Udp,
         label: addr.to_string(),
         identity: Arc::new(Identity::load(&creds, Role::Host)?),
         once: false,
@@ -127,7 +129,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }
     session.abort();
-    agent_endpoint.close(0u32.into(), b"demo over");
+    for e in agent_endpoints {
+        e.close(0u32.into(), b"demo over");
+    }
     let _ = app.kill().await;
     Ok(())
 }

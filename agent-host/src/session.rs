@@ -21,10 +21,21 @@ use crate::send::{self, ChunkMemory, Progress};
 use crate::source::Snapshot;
 use crate::ui::{Event, Ui};
 
+/// How QUIC packets travel to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Plain UDP: the fastest path, when the agent's address is reachable.
+    Udp,
+    /// Framed over a TCP connection (the agent's `--listen-tcp`): through port-forwards,
+    /// tunnels and firewalls that pass only TCP.
+    Tcp,
+}
+
 /// How to reach one agent.
 #[derive(Clone)]
 pub struct SessionConfig {
     pub addr: SocketAddr,
+    pub transport: Transport,
     pub label: String,
     pub identity: Arc<Identity>,
     /// Sync once, check the agent's root, and return.
@@ -46,16 +57,20 @@ const PROGRESS_BYTES: u64 = 32 << 20;
 
 /// Runs the session until `once` is done, a fatal error, or forever.
 pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot>>, ui: Ui) -> anyhow::Result<()> {
-    let endpoint =
-        hotsync_transport::client_endpoint(&cfg.identity, cfg.addr).context("cannot create the QUIC endpoint")?;
+    let udp = match cfg.transport {
+        Transport::Udp => Some(
+            hotsync_transport::client_endpoint(&cfg.identity, cfg.addr).context("cannot create the QUIC endpoint")?,
+        ),
+        Transport::Tcp => None,
+    };
     let mut model: Option<TreeIndex> = None;
     let mut next_id = 0u64;
     let mut backoff = BACKOFF_START;
     loop {
         ui.emit(Event::Connecting { target: cfg.label.clone() });
-        let result = connect(&endpoint, &cfg).await;
+        let result = connect(udp.as_ref(), &cfg).await;
         let err = match result {
-            Ok(conn) => {
+            Ok((conn, endpoint)) => {
                 backoff = BACKOFF_START;
                 let out = sync_connection(&conn, &cfg, &mut snapshots, &mut model, &ui, &mut next_id).await;
                 conn.close(0u32.into(), b"bye");
@@ -85,8 +100,34 @@ pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot
     }
 }
 
-async fn connect(endpoint: &quinn::Endpoint, cfg: &SessionConfig) -> anyhow::Result<quinn::Connection> {
-    let connecting = endpoint.connect(cfg.addr, AGENT_SERVER_NAME).context("cannot start a connection")?;
+/// Connects over UDP (with the shared endpoint) or over a fresh TCP connection; returns the
+/// endpoint the connection lives on.
+async fn connect(
+    udp: Option<&quinn::Endpoint>,
+    cfg: &SessionConfig,
+) -> anyhow::Result<(quinn::Connection, quinn::Endpoint)> {
+    let (endpoint, peer) = match udp {
+        Some(endpoint) => (endpoint.clone(), cfg.addr),
+        None => {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => bail!(
+                    "cannot open TCP to {}: {e}: is `hotsync-agent serve --listen-tcp` running there (or the port-forward up)?",
+                    cfg.addr
+                ),
+                Err(_) => bail!("no TCP answer from {} within {} s", cfg.addr, CONNECT_TIMEOUT.as_secs()),
+            };
+            stream.set_nodelay(true)?;
+            let client = hotsync_transport::endpoint::client_config(&cfg.identity)?;
+            hotsync_transport::stream_socket::client_over(stream, client)?
+        }
+    };
+    let connecting = endpoint.connect(peer, AGENT_SERVER_NAME).context("cannot start a connection")?;
+    let conn = handshake(connecting, cfg).await?;
+    Ok((conn, endpoint))
+}
+
+async fn handshake(connecting: quinn::Connecting, cfg: &SessionConfig) -> anyhow::Result<quinn::Connection> {
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => Err(anyhow!(
             "no answer from a hotsync agent at {} within {} s: is `hotsync-agent serve` running there, and UDP port {} reachable?",

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:7470")]
     pub listen: SocketAddr,
+    /// Also serve QUIC framed over TCP on this address, for hosts that reach the agent through
+    /// a TCP-only path (a Kubernetes port-forward, an SSH tunnel).
+    #[arg(long, value_name = "ADDR")]
+    pub listen_tcp: Option<SocketAddr>,
     /// Directory with ca.pem, agent.pem and agent.key (from `hotsync credentials`).
     #[arg(long)]
     pub credentials: PathBuf,
@@ -94,14 +98,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let reload = args.reload_action()?;
             let identity = hotsync_transport::Identity::load(&args.credentials, hotsync_transport::Role::Agent)?;
-            let agent = Agent::start(AgentConfig { root: args.root.clone(), listen: args.listen, identity, reload })?;
+            let config = AgentConfig {
+                root: args.root.clone(),
+                listen: args.listen,
+                listen_tcp: args.listen_tcp,
+                identity,
+                reload,
+            };
+            let agent = Agent::start(config)?;
             let addr = agent.local_addr()?;
-            tracing::info!(%addr, root = %args.root.display(), "hotsync-agent listening");
-            let endpoint = agent.endpoint();
+            if let Some(tcp) = agent.tcp_addr() {
+                tracing::info!(%addr, %tcp, root = %args.root.display(), "hotsync-agent listening");
+            } else {
+                tracing::info!(%addr, root = %args.root.display(), "hotsync-agent listening");
+            }
+            let endpoints = agent.endpoints();
             tokio::spawn(async move {
                 shutdown_signal().await;
                 tracing::info!("shutting down");
-                endpoint.close(0u32.into(), b"agent shutting down");
+                for e in endpoints {
+                    e.close(0u32.into(), b"agent shutting down");
+                }
             });
             agent.run().await
         }

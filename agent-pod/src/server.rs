@@ -14,7 +14,7 @@ use hotsync_core::proto::{
 };
 use hotsync_core::{RelPath, TreeIndex};
 use hotsync_scan::{HashCache, IgnoreRules, Scanner};
-use hotsync_transport::{FrameError, Identity, read_frame, server_endpoint, write_frame};
+use hotsync_transport::{FrameError, Identity, read_frame, server_endpoint, stream_socket, write_frame};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -32,13 +32,16 @@ mod close {
 pub struct AgentConfig {
     pub root: PathBuf,
     pub listen: SocketAddr,
+    /// Also serve QUIC framed over TCP here (the port-forward path).
+    pub listen_tcp: Option<SocketAddr>,
     pub identity: Identity,
     pub reload: ReloadAction,
 }
 
 /// A running agent.
 pub struct Agent {
-    endpoint: quinn::Endpoint,
+    /// UDP first, then QUIC over TCP if asked for.
+    endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
 }
 
@@ -81,8 +84,16 @@ impl Agent {
         let mut scanner = Scanner::new(root.clone(), IgnoreRules::none(root), HashCache::load(&cache_path));
         let (index, report) = scanner.scan_all().with_context(|| format!("cannot index {}", root.display()))?;
         info!(root = %root.display(), entries = index.len(), hashed = report.files_hashed, "indexed root");
-        let endpoint = server_endpoint(config.listen, &config.identity)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let mut endpoints = vec![
+            server_endpoint(config.listen, &config.identity)
+                .with_context(|| format!("cannot listen on UDP {}", config.listen))?,
+        ];
+        if let Some(addr) = config.listen_tcp {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on TCP {addr}"))?;
+            listener.set_nonblocking(true)?;
+            let server = hotsync_transport::endpoint::server_config(&config.identity)?;
+            endpoints.push(stream_socket::serve_tcp(tokio::net::TcpListener::from_std(listener)?, server)?);
+        }
         let shared = Arc::new(Shared {
             root: root.clone(),
             sandbox,
@@ -93,44 +104,58 @@ impl Agent {
             cache_dirty: AtomicBool::new(true),
             cache_changed: Notify::new(),
         });
-        Ok(Self { endpoint, shared })
+        Ok(Self { endpoints, shared })
     }
 
-    /// The address the agent listens on.
+    /// The UDP address the agent listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.endpoints[0].local_addr()
     }
 
-    /// A handle that stops the agent when closed.
-    pub fn endpoint(&self) -> quinn::Endpoint {
-        self.endpoint.clone()
+    /// The TCP address, when QUIC over TCP is served.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.endpoints.get(1).and_then(|e| e.local_addr().ok())
     }
 
-    /// Serves hosts until the endpoint is closed.
+    /// Handles that stop the agent when closed.
+    pub fn endpoints(&self) -> Vec<quinn::Endpoint> {
+        self.endpoints.clone()
+    }
+
+    /// Serves hosts until the endpoints are closed.
     pub async fn run(self) -> anyhow::Result<()> {
         // The start-up scan may have hashed files: save that too.
         self.shared.cache_changed.notify_one();
         let saver = tokio::spawn(save_cache_periodically(self.shared.clone()));
-        while let Some(incoming) = self.endpoint.accept().await {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(%remote, "rejected a connection: {e}");
-                        return;
-                    }
-                };
-                let span = info_span!("session", %remote);
-                if let Err(e) = serve_connection(conn, shared).instrument(span).await {
-                    info!(%remote, "session ended: {e:#}");
-                }
-            });
+        let loops: Vec<_> =
+            self.endpoints.iter().map(|e| tokio::spawn(accept_loop(e.clone(), self.shared.clone()))).collect();
+        for l in loops {
+            let _ = l.await;
         }
         saver.abort();
         save_cache(&self.shared);
         Ok(())
+    }
+}
+
+/// Accepts hosts on one endpoint, a task per connection.
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%remote, "rejected a connection: {e}");
+                    return;
+                }
+            };
+            let span = info_span!("session", %remote);
+            if let Err(e) = serve_connection(conn, shared).instrument(span).await {
+                info!(%remote, "session ended: {e:#}");
+            }
+        });
     }
 }
 

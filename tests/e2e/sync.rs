@@ -191,3 +191,20 @@ fn a_small_edit_of_a_big_file_sends_only_changed_chunks() {
     assert_same_tree(&env.src, &env.dst);
     assert!(sent(&out) <= 128 << 10, "a 4 KiB insertion sent {} bytes", sent(&out));
 }
+
+#[test]
+fn quic_framed_over_tcp_syncs_the_same_way() {
+    let env = Env::new();
+    varied_tree(&env);
+    let agent = env.agent(&["--listen-tcp", "127.0.0.1:0"]);
+    let tcp = agent.tcp_addr.expect("the agent serves TCP");
+    let out = env.sync_once(tcp, &["--transport", "tcp"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_tree(&env.src, &env.dst);
+
+    let mut host = env.sync(tcp, &["--transport", "tcp"]);
+    host.wait_in_sync();
+    write_atomic(&env.src.join("README.md"), "# changed over TCP\n");
+    fs::remove_dir_all(env.src.join("src/deeply")).unwrap();
+    wait_same_tree(&env.src, &env.dst);
+}

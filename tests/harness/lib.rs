@@ -99,6 +99,8 @@ impl Default for Env {
 pub struct Agent {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where QUIC over TCP is served (`--listen-tcp`).
+    pub tcp_addr: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -126,8 +128,9 @@ impl Agent {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let line = strip_ansi(&line);
                 if line.contains("hotsync-agent listening") {
-                    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).map(str::to_owned);
-                    let _ = tx.send(addr);
+                    let field =
+                        |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_owned);
+                    let _ = tx.send(field("addr=").map(|a| (a, field("tcp="))));
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -135,11 +138,12 @@ impl Agent {
             }
             let _ = tx.send(None);
         });
-        let addr = rx.recv_timeout(PATIENCE).ok().flatten().unwrap_or_else(|| {
+        let (addr, tcp) = rx.recv_timeout(PATIENCE).ok().flatten().unwrap_or_else(|| {
             let _ = child.kill();
             panic!("hotsync-agent did not start: {}", log.lock().unwrap());
         });
-        Self { child, addr: addr.parse().expect("agent address"), log }
+        let tcp_addr = tcp.map(|t| t.parse().expect("agent TCP address"));
+        Self { child, addr: addr.parse().expect("agent address"), tcp_addr, log }
     }
 
     /// Kills the agent with SIGKILL (no chance to clean up).

@@ -9,3 +9,4 @@ pub mod framed;
 pub use credentials::{CredentialsError, Identity, Role};
 pub use endpoint::{client_endpoint, server_endpoint};
 pub use framed::{FrameError, read_frame, write_frame};
+pub mod stream_socket;
