@@ -275,9 +275,11 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, Kind>) {
         if rel == ".hotsync" {
             continue;
         }
-        let meta = fs::symlink_metadata(&path).unwrap();
+        // An entry can vanish between read_dir and here (a temp file renamed away).
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
         let kind = if meta.file_type().is_symlink() {
-            Kind::Symlink(fs::read_link(&path).unwrap().to_string_lossy().into_owned())
+            let Ok(target) = fs::read_link(&path) else { continue };
+            Kind::Symlink(target.to_string_lossy().into_owned())
         } else if meta.is_dir() {
             collect(root, &path, out);
             Kind::Dir
