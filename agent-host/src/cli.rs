@@ -38,6 +38,8 @@ pub enum Command {
     /// Examples:
     ///   hotsync sync ./src --to 127.0.0.1:7470 --credentials ./creds
     ///   hotsync sync ./src --to 10.0.0.5:7470 --credentials ./creds --once   # sync, verify, exit
+    ///   hotsync sync ./src --to 127.0.0.1:7471 --credentials ./creds --transport tcp
+    #[command(verbatim_doc_comment)]
     Sync(SyncArgs),
     /// Create mutual-TLS credentials for a host and an agent: a private CA and a certificate
     /// for each side. Give the same directory to both (the agent needs ca.pem, agent.pem and

@@ -37,6 +37,7 @@ pub enum Command {
     /// Example:
     ///   hotsync-agent serve --root /srv/app --listen 0.0.0.0:7470 --credentials /etc/hotsync \
     ///       --on-change-signal HUP --signal-process myapp
+    #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
 }
 
