@@ -90,6 +90,9 @@ impl<'a> StagingFile<'a> {
                 self.written, self.record.size
             )));
         }
+        // The mode a synced file has unless it is executable, whatever the agent's umask.
+        rustix::fs::fchmod(&self.file, rustix::fs::Mode::from_raw_mode(file_mode(false)))
+            .map_err(|e| fail(e.to_string()))?;
         let meta = self.file.metadata().map_err(|e| fail(e.to_string()))?;
         Ok((path, Staged { temp: self.temp, hash, size: self.written, key: StatKey::of(&meta) }))
     }
@@ -127,6 +130,7 @@ pub fn apply_changeset(
 ) -> Outcome {
     let mut failed = Vec::new();
     let mut changed = false;
+    sandbox.begin_commit();
     for op in ops {
         let result = apply_op(sandbox, op, staged, cache);
         match result {
@@ -137,6 +141,7 @@ pub fn apply_changeset(
             Err(reason) => failed.push(Failure { path: op.path().clone(), reason }),
         }
     }
+    sandbox.end_commit();
     // Content staged for paths the changeset did not name (a confused peer) is dropped.
     for (_, s) in staged.drain() {
         sandbox.discard_temp(&s.temp);
@@ -164,9 +169,9 @@ fn apply_op(
                 sandbox.discard_temp(&s.temp);
                 return Err("the content received is not the content committed".into());
             }
-            let result = sandbox
-                .set_temp_mode(&s.temp, file_mode(meta.executable))
-                .and_then(|()| sandbox.commit_temp(&s.temp, path));
+            // Staging files are 0644 already; only the executable bit needs another call.
+            let mode = if meta.executable { sandbox.set_temp_mode(&s.temp, file_mode(true)) } else { Ok(()) };
+            let result = mode.and_then(|()| sandbox.commit_temp(&s.temp, path));
             if let Err(e) = result {
                 sandbox.discard_temp(&s.temp);
                 return Err(e.to_string());

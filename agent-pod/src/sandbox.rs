@@ -6,11 +6,13 @@
 //! [`RelPath`] already refuses the first two when it is decoded). Symlinks are created as links
 //! and never followed.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hotsync_core::RelPath;
 use hotsync_core::path::AGENT_STATE_DIR;
@@ -22,10 +24,12 @@ const TMP_DIR: &str = "tmp";
 
 /// The agent's root directory and its staging area.
 pub struct Sandbox {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     state: OwnedFd,
     tmp: OwnedFd,
     next_temp: AtomicU64,
+    /// Directories opened during the current commit, by path.
+    open_dirs: Mutex<Option<HashMap<String, Arc<OwnedFd>>>>,
 }
 
 /// What a delete did.
@@ -48,7 +52,8 @@ impl Sandbox {
         let root_fd = rustix::fs::open(root, dir_flags(), Mode::empty())?;
         let state = ensure_dir(&root_fd, AGENT_STATE_DIR)?;
         let tmp = ensure_dir(&state, TMP_DIR)?;
-        let sandbox = Self { root: root_fd, state, tmp, next_temp: AtomicU64::new(0) };
+        let sandbox =
+            Self { root: Arc::new(root_fd), state, tmp, next_temp: AtomicU64::new(0), open_dirs: Mutex::new(None) };
         sandbox.clear_tmp()?;
         // Prove the root is writable now, not at the first changeset.
         let (name, _) = sandbox.create_temp()?;
@@ -73,21 +78,43 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Opens the directory that holds `path`, never through a symlink.
-    fn parent(&self, path: &RelPath) -> io::Result<OwnedFd> {
-        let mut components: Vec<&str> = path.components().collect();
-        components.pop();
-        let mut dir = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
-        for name in components {
-            dir = rustix::fs::openat(&dir, name, dir_flags(), Mode::empty()).map_err(|e| {
-                if e == Errno::LOOP || e == Errno::NOTDIR {
-                    io::Error::other(format!("{name:?} on the way to {path} is not a directory (a symlink or a file)"))
-                } else {
-                    e.into()
-                }
-            })?;
+    /// Opens the directory that holds `path`, never through a symlink. Inside a commit
+    /// ([`Sandbox::begin_commit`]) directories already opened are reused.
+    fn parent(&self, path: &RelPath) -> io::Result<Arc<OwnedFd>> {
+        let Some(dir) = path.parent() else { return Ok(self.root.clone()) };
+        if let Some(fd) = self.open_dirs.lock().expect("dir cache lock").as_ref().and_then(|c| c.get(dir.as_str())) {
+            return Ok(fd.clone());
         }
-        Ok(dir)
+        let parent = self.parent(&dir)?;
+        let name = dir.file_name();
+        let fd = Arc::new(rustix::fs::openat(&*parent, name, dir_flags(), Mode::empty()).map_err(|e| {
+            if e == Errno::LOOP || e == Errno::NOTDIR {
+                io::Error::other(format!("{name:?} on the way to {path} is not a directory (a symlink or a file)"))
+            } else {
+                e.into()
+            }
+        })?);
+        if let Some(cache) = self.open_dirs.lock().expect("dir cache lock").as_mut() {
+            cache.insert(dir.as_str().to_owned(), fd.clone());
+        }
+        Ok(fd)
+    }
+
+    /// Starts reusing opened directories: a commit writes many files into few directories.
+    /// Only the agent changes directories during a commit, and a delete forgets what it removes.
+    pub fn begin_commit(&self) {
+        *self.open_dirs.lock().expect("dir cache lock") = Some(HashMap::new());
+    }
+
+    /// Stops reusing opened directories (between commits the app may move them).
+    pub fn end_commit(&self) {
+        *self.open_dirs.lock().expect("dir cache lock") = None;
+    }
+
+    fn forget_dirs_under(&self, path: &RelPath) {
+        if let Some(cache) = self.open_dirs.lock().expect("dir cache lock").as_mut() {
+            cache.retain(|dir, _| !RelPath::new(dir.clone()).is_ok_and(|d| d.starts_with(path)));
+        }
     }
 
     /// A new, empty staging file, and its name in the staging area.
@@ -119,7 +146,7 @@ impl Sandbox {
     /// new one, never a part.
     pub fn commit_temp(&self, name: &str, path: &RelPath) -> io::Result<()> {
         let parent = self.parent(path)?;
-        rustix::fs::renameat(&self.tmp, name, &parent, path.file_name())?;
+        rustix::fs::renameat(&self.tmp, name, &*parent, path.file_name())?;
         Ok(())
     }
 
@@ -127,7 +154,7 @@ impl Sandbox {
     pub fn open_read(&self, path: &RelPath) -> io::Result<File> {
         let parent = self.parent(path)?;
         let fd = rustix::fs::openat(
-            &parent,
+            &*parent,
             path.file_name(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
@@ -138,15 +165,15 @@ impl Sandbox {
     /// Creates a directory; an existing directory is fine, anything else in the way is replaced.
     pub fn mkdir(&self, path: &RelPath) -> io::Result<()> {
         let parent = self.parent(path)?;
-        match rustix::fs::mkdirat(&parent, path.file_name(), Mode::from_raw_mode(0o755)) {
+        match rustix::fs::mkdirat(&*parent, path.file_name(), Mode::from_raw_mode(0o755)) {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) => {
-                let st = rustix::fs::statat(&parent, path.file_name(), AtFlags::SYMLINK_NOFOLLOW)?;
+                let st = rustix::fs::statat(&*parent, path.file_name(), AtFlags::SYMLINK_NOFOLLOW)?;
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
                     return Ok(());
                 }
-                rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::empty())?;
-                Ok(rustix::fs::mkdirat(&parent, path.file_name(), Mode::from_raw_mode(0o755))?)
+                rustix::fs::unlinkat(&*parent, path.file_name(), AtFlags::empty())?;
+                Ok(rustix::fs::mkdirat(&*parent, path.file_name(), Mode::from_raw_mode(0o755))?)
             }
             Err(e) => Err(e.into()),
         }
@@ -157,7 +184,7 @@ impl Sandbox {
         let parent = self.parent(path)?;
         let name = format!("{}.link.{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed));
         rustix::fs::symlinkat(target, &self.tmp, name.as_str())?;
-        rustix::fs::renameat(&self.tmp, name.as_str(), &parent, path.file_name()).inspect_err(|_| {
+        rustix::fs::renameat(&self.tmp, name.as_str(), &*parent, path.file_name()).inspect_err(|_| {
             self.discard_temp(&name);
         })?;
         Ok(())
@@ -170,12 +197,15 @@ impl Sandbox {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Deleted::Absent),
             Err(e) => return Err(e),
         };
-        match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::empty()) {
+        match rustix::fs::unlinkat(&*parent, path.file_name(), AtFlags::empty()) {
             Ok(()) => Ok(Deleted::Removed),
             Err(Errno::NOENT) => Ok(Deleted::Absent),
             Err(Errno::ISDIR | Errno::PERM) => {
-                match rustix::fs::unlinkat(&parent, path.file_name(), AtFlags::REMOVEDIR) {
-                    Ok(()) => Ok(Deleted::Removed),
+                match rustix::fs::unlinkat(&*parent, path.file_name(), AtFlags::REMOVEDIR) {
+                    Ok(()) => {
+                        self.forget_dirs_under(path);
+                        Ok(Deleted::Removed)
+                    }
                     Err(Errno::NOTEMPTY | Errno::EXIST) => Ok(Deleted::KeptNonEmpty),
                     Err(e) => Err(e.into()),
                 }
@@ -247,5 +277,22 @@ mod tests {
         assert_eq!(sb.delete(&p("d")).unwrap(), Deleted::Absent);
         assert_eq!(sb.delete(&p("evil")).unwrap(), Deleted::Removed, "the link itself, not its target");
         assert!(outside.exists());
+    }
+
+    #[test]
+    fn a_directory_deleted_and_remade_in_one_commit_gets_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = Sandbox::open(dir.path()).unwrap();
+        sb.mkdir(&p("d")).unwrap();
+        sb.begin_commit();
+        let (first, _) = sb.create_temp().unwrap();
+        sb.commit_temp(&first, &p("d/f")).unwrap(); // "d" is now a cached descriptor
+        assert_eq!(sb.delete(&p("d/f")).unwrap(), Deleted::Removed);
+        assert_eq!(sb.delete(&p("d")).unwrap(), Deleted::Removed);
+        sb.mkdir(&p("d")).unwrap();
+        let (second, _) = sb.create_temp().unwrap();
+        sb.commit_temp(&second, &p("d/g")).unwrap();
+        sb.end_commit();
+        assert!(dir.path().join("d/g").exists(), "written into the new directory, not the removed one");
     }
 }
