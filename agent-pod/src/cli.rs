@@ -39,6 +39,20 @@ pub enum Command {
     ///       --on-change-signal HUP --signal-process myapp
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Copy this binary into DIR (an injected pod's first init step: the app image then runs
+    /// the copy, so it needs nothing of hotsync's).
+    Install {
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Copy the app image's files at FROM into the synced volume at TO, once (an injected
+    /// pod's second init step, run inside the app's image).
+    Seed {
+        #[arg(long, value_name = "FROM")]
+        from: PathBuf,
+        #[arg(long, value_name = "TO")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +110,20 @@ impl ServeArgs {
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Install { to } => crate::pod_setup::install(&to),
+        Command::Seed { from, to } => {
+            match crate::pod_setup::seed(&from, &to)? {
+                Some(s) => tracing::info!(
+                    files = s.files,
+                    dirs = s.dirs,
+                    links = s.links,
+                    bytes = s.bytes,
+                    "seeded from the image"
+                ),
+                None => tracing::info!("already seeded; synced files kept"),
+            }
+            Ok(())
+        }
         Command::Serve(args) => {
             let reload = args.reload_action()?;
             let identity = hotsync_transport::Identity::load(&args.credentials, hotsync_transport::Role::Agent)?;

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod pod_setup;
 pub mod reload;
 pub mod sandbox;
 pub mod server;
