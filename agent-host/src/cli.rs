@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use hotsync_inject::{Options, Reload};
 use hotsync_transport::credentials::GeneratedCredentials;
 use hotsync_transport::{Identity, Role};
 
@@ -45,6 +46,16 @@ pub enum Command {
     /// for each side. Give the same directory to both (the agent needs ca.pem, agent.pem and
     /// agent.key; keep host.key on your machine).
     Credentials(CredentialsArgs),
+    /// Print manifests with the hotsync sidecar injected, for `kubectl apply` or GitOps.
+    ///
+    /// Every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and Pod gets the sidecar and a
+    /// Secret with its agent's credentials; the host's half stays on this machine. Other objects
+    /// pass through unchanged. Injecting twice changes nothing.
+    ///
+    /// Example:
+    ///   hotsync inject -f deploy.yaml --path /app --reload-signal HUP --reload-process gunicorn | kubectl apply -f -
+    #[command(verbatim_doc_comment)]
+    Inject(InjectArgs),
     /// The demo's example app (used by `hotsync demo` and the tests).
     #[command(hide = true)]
     ExampleApp(ExampleAppArgs),
@@ -93,6 +104,38 @@ pub struct SyncArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct InjectArgs {
+    /// Manifests to read (YAML or JSON, several documents allowed); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Path in the app container that hotsync keeps in sync.
+    #[arg(long, default_value = "/app")]
+    pub path: String,
+    /// The app container (default: the first one).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// The sidecar image.
+    #[arg(long, default_value = concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")))]
+    pub agent_image: String,
+    /// After each changeset, send this signal (HUP, USR1…) to the process named by --reload-process.
+    #[arg(long, requires = "reload_process", value_name = "SIGNAL")]
+    pub reload_signal: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub reload_process: Option<String>,
+    /// After each changeset, run this command in the synced directory.
+    #[arg(long, conflicts_with = "reload_signal", value_name = "CMD")]
+    pub reload_exec: Option<String>,
+    /// Owner of the synced files and user of the sidecar (default: the app container's).
+    #[arg(long, value_name = "UID")]
+    pub run_as_user: Option<i64>,
+    #[arg(long, value_name = "GID")]
+    pub run_as_group: Option<i64>,
+    /// Where the host keeps workload credentials (default: $XDG_CONFIG_HOME/hotsync/credentials).
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct CredentialsArgs {
     /// Directory to create the credentials in (created, mode 0700; must not hold any yet).
     #[arg(long, value_name = "DIR")]
@@ -115,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sync(a) => sync(a).await,
         Command::Credentials(a) => credentials(&a.out),
+        Command::Inject(a) => inject(a),
         Command::ExampleApp(a) => crate::example_app::run(a.dir, a.state_file).await,
     }
 }
@@ -126,6 +170,42 @@ fn credentials(out: &Path) -> anyhow::Result<()> {
     println!("  host.pem, host.key   for `hotsync sync --credentials {}`", out.display());
     println!("  agent.pem, agent.key for `hotsync-agent serve --credentials DIR` (with ca.pem)");
     Ok(())
+}
+
+fn inject(a: InjectArgs) -> anyhow::Result<()> {
+    let reload = match (a.reload_signal, a.reload_process, a.reload_exec) {
+        (Some(signal), Some(process), _) => Reload::Signal { signal, process },
+        (_, _, Some(command)) => Reload::Exec { command },
+        _ => Reload::None,
+    };
+    let options = Options {
+        container: a.container,
+        path: a.path,
+        agent_image: a.agent_image,
+        secret: String::new(),
+        reload,
+        run_as_user: a.run_as_user,
+        run_as_group: a.run_as_group,
+    };
+    let credentials_root = a.credentials_dir.unwrap_or_else(|| config_dir().join("credentials"));
+    let text = crate::manifests::read_manifests(&a.file)?;
+    let source = a.file.display().to_string();
+    let out = crate::manifests::inject_manifests(
+        &text,
+        &source,
+        &crate::manifests::InjectRequest { options, credentials_root },
+    )?;
+    print!("{out}");
+    Ok(())
+}
+
+/// `$XDG_CONFIG_HOME/hotsync`, or `~/.config/hotsync`.
+fn config_dir() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("hotsync")
 }
 
 async fn sync(args: SyncArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod demo;
 pub mod example_app;
+pub mod manifests;
 pub mod send;
 pub mod session;
 pub mod source;
