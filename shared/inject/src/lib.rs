@@ -15,6 +15,8 @@
 //!
 //! It is idempotent: a pod that already has the sidecar is left as it is.
 
+pub mod admission;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
