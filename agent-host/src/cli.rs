@@ -56,6 +56,10 @@ pub enum Command {
     ///   hotsync inject -f deploy.yaml --path /app --reload-signal HUP --reload-process gunicorn | kubectl apply -f -
     #[command(verbatim_doc_comment)]
     Inject(InjectArgs),
+    /// The admission webhook that injects the sidecar into pods annotated
+    /// `hotsync.dev/inject: "true"`.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// The demo's example app (used by `hotsync demo` and the tests).
     #[command(hide = true)]
     ExampleApp(ExampleAppArgs),
@@ -101,6 +105,21 @@ pub struct SyncArgs {
     /// Where to keep the hash cache (default: $XDG_CACHE_HOME/hotsync or ~/.cache/hotsync).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Print the webhook's manifests (Namespace, ServiceAccount, TLS Secret, Deployment,
+    /// Service, MutatingWebhookConfiguration with its caBundle) for `kubectl apply -f -`.
+    /// Each run makes a new serving certificate: applying again rotates it.
+    Manifests {
+        /// Namespace the webhook runs in (skipped by the webhook itself).
+        #[arg(long, default_value = "hotsync-system")]
+        namespace: String,
+        /// The hotsync-agent image (it serves the webhook and is the injected sidecar).
+        #[arg(long, default_value = concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +178,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(a) => sync(a).await,
         Command::Credentials(a) => credentials(&a.out),
         Command::Inject(a) => inject(a),
+        Command::Webhook(WebhookCommand::Manifests { namespace, image }) => {
+            print!("{}", crate::webhook_manifests::manifests(&namespace, &image)?);
+            Ok(())
+        }
         Command::ExampleApp(a) => crate::example_app::run(a.dir, a.state_file).await,
     }
 }

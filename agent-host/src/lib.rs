@@ -13,3 +13,4 @@ pub mod send;
 pub mod session;
 pub mod source;
 pub mod ui;
+pub mod webhook_manifests;

@@ -39,6 +39,10 @@ pub enum Command {
     ///       --on-change-signal HUP --signal-process myapp
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Serve the mutating admission webhook over HTTPS: pods annotated
+    /// `hotsync.dev/inject: "true"` (or in a namespace labelled `hotsync.dev/inject=enabled`)
+    /// get the sidecar. Install it with `hotsync webhook manifests | kubectl apply -f -`.
+    Webhook(WebhookArgs),
     /// Copy this binary into DIR (an injected pod's first init step: the app image then runs
     /// the copy, so it needs nothing of hotsync's).
     Install {
@@ -53,6 +57,25 @@ pub enum Command {
         #[arg(long, value_name = "TO")]
         to: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct WebhookArgs {
+    /// HTTPS address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain (re-read when it changes, so rotation needs no restart).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// The sidecar image injected pods get.
+    #[arg(long, default_value = concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")))]
+    pub agent_image: String,
+    /// Synced path when a pod does not say (annotation hotsync.dev/path).
+    #[arg(long, default_value = "/app")]
+    pub path: String,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +134,25 @@ impl ServeArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Install { to } => crate::pod_setup::install(&to),
+        Command::Webhook(a) => {
+            let defaults = hotsync_inject::Options {
+                container: None,
+                path: a.path,
+                agent_image: a.agent_image,
+                secret: String::new(),
+                reload: hotsync_inject::Reload::None,
+                run_as_user: None,
+                run_as_group: None,
+            };
+            let config =
+                crate::webhook::WebhookConfig { listen: a.listen, tls_cert: a.tls_cert, tls_key: a.tls_key, defaults };
+            let webhook = crate::webhook::Webhook::bind(config).await?;
+            tracing::info!(addr = %webhook.local_addr()?, "hotsync webhook listening");
+            tokio::select! {
+                r = webhook.run() => r,
+                () = shutdown_signal() => Ok(()),
+            }
+        }
         Command::Seed { from, to } => {
             match crate::pod_setup::seed(&from, &to)? {
                 Some(s) => tracing::info!(

@@ -11,6 +11,7 @@ pub mod pod_setup;
 pub mod reload;
 pub mod sandbox;
 pub mod server;
+pub mod webhook;
 
 pub use reload::{ReloadAction, SignalTarget};
 pub use server::{Agent, AgentConfig};

@@ -6,3 +6,4 @@ mod reload;
 mod resilience;
 mod security;
 mod sync;
+mod webhook;

@@ -157,6 +157,34 @@ impl GeneratedCredentials {
     }
 }
 
+/// A TLS server certificate for DNS `names`, signed by a fresh CA (for the admission
+/// webhook: the API server trusts `ca_pem` through the webhook's `caBundle`).
+pub struct ServerTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ServerTls {
+    /// Generates the CA and the certificate; the CA key is not kept.
+    pub fn generate(names: &[String]) -> Result<Self, CredentialsError> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name.push(DnType::CommonName, "hotsync webhook CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, names.first().map_or("hotsync-webhook", String::as_str));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
