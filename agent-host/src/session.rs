@@ -239,10 +239,13 @@ async fn sync_connection(
         let ops = diff::diff(&snap.index, model, &|p: &RelPath, is_dir| snap.keeps(p, is_dir));
         if ops.is_empty() {
             if !reported_in_sync {
+                let stats = conn.stats();
                 ui.emit(Event::InSync {
                     target: cfg.label.clone(),
                     root: model.root_hash().to_hex(),
                     entries: model.len() as u64,
+                    udp_tx_bytes: stats.udp_tx.bytes,
+                    udp_rx_bytes: stats.udp_rx.bytes,
                 });
                 reported_in_sync = true;
             }

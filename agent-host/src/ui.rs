@@ -56,10 +56,14 @@ pub enum Event {
         failed: Vec<String>,
         root: String,
     },
+    /// The agent's tree equals the source. `udp_tx_bytes`/`udp_rx_bytes`: everything this
+    /// connection has sent and received so far (handshake included).
     InSync {
         target: String,
         root: String,
         entries: u64,
+        udp_tx_bytes: u64,
+        udp_rx_bytes: u64,
     },
     Disconnected {
         target: String,
@@ -158,7 +162,7 @@ fn print(event: &Event, json: bool) {
             }
             line
         }
-        Event::InSync { target, root, entries } => {
+        Event::InSync { target, root, entries, .. } => {
             format!("= {target}: in sync ({} entries, tree {})", count(*entries), &root[..12.min(root.len())])
         }
         Event::Disconnected { target, error, retry_in_ms } => {
