@@ -43,6 +43,12 @@ pub enum Command {
     /// `hotsync.dev/inject: "true"` (or in a namespace labelled `hotsync.dev/inject=enabled`)
     /// get the sidecar. Install it with `hotsync webhook manifests | kubectl apply -f -`.
     Webhook(WebhookArgs),
+    /// Exit 0 when ROOT is a directory the agent has prepared (its state directory is there):
+    /// the container image's health check.
+    Health {
+        #[arg(long)]
+        root: PathBuf,
+    },
     /// Copy this binary into DIR (an injected pod's first init step: the app image then runs
     /// the copy, so it needs nothing of hotsync's).
     Install {
@@ -134,6 +140,11 @@ impl ServeArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Install { to } => crate::pod_setup::install(&to),
+        Command::Health { root } => {
+            let state = root.join(hotsync_core::path::AGENT_STATE_DIR).join("tmp");
+            anyhow::ensure!(state.is_dir(), "{} is not prepared by a running agent", root.display());
+            Ok(())
+        }
         Command::Webhook(a) => {
             let defaults = hotsync_inject::Options {
                 container: None,
