@@ -318,7 +318,12 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
 
 /// Waits until `dst` holds exactly what `src` holds.
 pub fn wait_same_tree(src: &Path, dst: &Path) {
-    let deadline = Instant::now() + PATIENCE;
+    wait_same_tree_within(src, dst, PATIENCE);
+}
+
+/// Waits up to `limit` until `dst` holds exactly what `src` holds.
+pub fn wait_same_tree_within(src: &Path, dst: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if listing(src) == listing(dst) {
             return;
@@ -355,3 +360,6 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+pub mod docker;
+pub mod relay;
