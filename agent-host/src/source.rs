@@ -12,6 +12,7 @@ use anyhow::Context;
 use hotsync_core::index::{Node, walk};
 use hotsync_core::{RelPath, TreeIndex};
 use hotsync_scan::{HashCache, IgnoreRules, ScanReport, Scanner};
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
 
@@ -43,6 +44,9 @@ const QUIET: Duration = Duration::from_millis(2);
 const QUIET_LONG_BURST: Duration = Duration::from_millis(20);
 /// A burst never holds a changeset back longer than this.
 const MAX_BURST: Duration = Duration::from_millis(500);
+/// New directories are walked again this long after they appear: files made in a directory
+/// before the watcher had a watch on it raise no event of their own.
+const RECHECK_NEW_DIRS: Duration = Duration::from_millis(100);
 /// How often the hash cache is saved, at most.
 const CACHE_SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -133,8 +137,26 @@ impl Source {
     }
 
     fn run(mut self, events: &std_mpsc::Receiver<notify::Result<notify::Event>>, tx: &watch::Sender<Arc<Snapshot>>) {
+        let mut recheck: BTreeSet<RelPath> = BTreeSet::new();
         loop {
-            let Ok(first) = events.recv() else { return };
+            let first = if recheck.is_empty() {
+                match events.recv() {
+                    Ok(e) => e,
+                    Err(_) => return,
+                }
+            } else {
+                match events.recv_timeout(RECHECK_NEW_DIRS) {
+                    Ok(e) => e,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        let batch = Batch { paths: std::mem::take(&mut recheck), rescan_all: false };
+                        if !self.apply_and_publish(batch, Instant::now(), tx) {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
             let burst_start = Instant::now();
             let mut batch = Batch::default();
             batch.add(self.scanner.root(), first);
@@ -146,20 +168,28 @@ impl Source {
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
-            let before = self.index.root_hash();
-            let skipped_before = self.skipped.len();
-            self.apply(batch);
-            if self.index.root_hash() != before || self.skipped.len() != skipped_before {
-                self.version += 1;
-                if tx.send(Arc::new(self.snapshot(burst_start))).is_err() {
-                    return;
-                }
+            let touched: Vec<RelPath> = batch.paths.iter().cloned().collect();
+            if !self.apply_and_publish(batch, burst_start, tx) {
+                return;
             }
+            recheck.extend(touched.into_iter().filter(|p| matches!(self.index.get(p), Some(Node::Dir(_)))));
             if self.last_save.elapsed() > CACHE_SAVE_EVERY {
                 let _ = self.scanner.cache.save(&self.cache_path);
                 self.last_save = Instant::now();
             }
         }
+    }
+
+    /// Applies a batch and publishes a snapshot if anything changed; false once nobody listens.
+    fn apply_and_publish(&mut self, batch: Batch, changed_at: Instant, tx: &watch::Sender<Arc<Snapshot>>) -> bool {
+        let before = self.index.root_hash();
+        let skipped_before = self.skipped.len();
+        self.apply(batch);
+        if self.index.root_hash() != before || self.skipped.len() != skipped_before {
+            self.version += 1;
+            return tx.send(Arc::new(self.snapshot(changed_at))).is_ok();
+        }
+        true
     }
 
     fn apply(&mut self, batch: Batch) {
@@ -226,6 +256,14 @@ impl Batch {
         };
         if event.need_rescan() {
             self.rescan_all = true;
+        }
+        // Opening or reading a file changes nothing, and the scanner itself opens every
+        // directory it walks: reacting to those would rescan forever. Of the access events,
+        // only a close after writing says that content changed.
+        if let EventKind::Access(kind) = event.kind {
+            if kind != AccessKind::Close(AccessMode::Write) {
+                return;
+            }
         }
         for p in event.paths {
             match p.strip_prefix(root).ok().and_then(Path::to_str) {

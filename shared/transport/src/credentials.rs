@@ -103,28 +103,13 @@ impl GeneratedCredentials {
     /// A new CA, and host and agent certificates signed by it. The CA's key is not kept:
     /// nothing else can ever be signed into this trust domain.
     pub fn generate() -> Result<Self, CredentialsError> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "hotsync CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf = |name: &str, purpose: ExtendedKeyUsagePurpose| -> Result<(String, String), CredentialsError> {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(vec![name.to_owned()])?;
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![purpose];
-            let cert = params.signed_by(&key, &issuer)?;
-            Ok((cert.pem(), key.serialize_pem()))
-        };
-        let (agent_cert, agent_key) = leaf(AGENT_SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth)?;
-        let (host_cert, host_key) = leaf("hotsync-host", ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (ca_pem, issuer) = new_ca("hotsync CA")?;
+        let agent = [AGENT_SERVER_NAME.to_owned()];
+        let (agent_cert, agent_key) = leaf(&agent, ExtendedKeyUsagePurpose::ServerAuth, &issuer)?;
+        let (host_cert, host_key) = leaf(&["hotsync-host".to_owned()], ExtendedKeyUsagePurpose::ClientAuth, &issuer)?;
         Ok(Self {
             files: vec![
-                (CA_CERT, ca_cert.pem()),
+                (CA_CERT, ca_pem),
                 (HOST_CERT, host_cert),
                 (HOST_KEY, host_key),
                 (AGENT_CERT, agent_cert),
@@ -168,21 +153,36 @@ pub struct ServerTls {
 impl ServerTls {
     /// Generates the CA and the certificate; the CA key is not kept.
     pub fn generate(names: &[String]) -> Result<Self, CredentialsError> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "hotsync webhook CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.to_vec())?;
-        params.distinguished_name.push(DnType::CommonName, names.first().map_or("hotsync-webhook", String::as_str));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let (ca_pem, issuer) = new_ca("hotsync webhook CA")?;
+        let (cert_pem, key_pem) = leaf(names, ExtendedKeyUsagePurpose::ServerAuth, &issuer)?;
+        Ok(Self { ca_pem, cert_pem, key_pem })
     }
+}
+
+/// A CA that may sign leaves only (path length 0): its PEM, and the issuer to sign with.
+fn new_ca(name: &str) -> Result<(String, Issuer<'static, KeyPair>), CredentialsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let pem = params.self_signed(&key)?.pem();
+    Ok((pem, Issuer::new(params, key)))
+}
+
+/// A certificate for `names` (the first is also its common name), for one purpose.
+fn leaf(
+    names: &[String],
+    purpose: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, String), CredentialsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, names.first().map_or("hotsync", String::as_str));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![purpose];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 #[cfg(test)]
