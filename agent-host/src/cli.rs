@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hotsync_inject::{Options, Reload};
 use hotsync_transport::credentials::GeneratedCredentials;
 use hotsync_transport::{Identity, Role};
 
+use crate::attach::{AttachPlan, ClusterTransport};
+use crate::cluster::ClusterArgs;
+use crate::project::SyncMapping;
 use crate::send::ChunkMemory;
-use crate::session::{self, SessionConfig, Transport};
+use crate::session::{self, Route, SessionConfig, Transport};
 use crate::source;
 use crate::ui::Ui;
 
@@ -42,6 +45,34 @@ pub enum Command {
     ///   hotsync sync ./src --to 127.0.0.1:7471 --credentials ./creds --transport tcp
     #[command(verbatim_doc_comment)]
     Sync(SyncArgs),
+    /// Inject the sidecar into a workload, wait for the rollout, then keep every ready pod in
+    /// sync with a local directory: pods that appear later are synced on arrival.
+    ///
+    /// Reads ./hotsync.yaml when there is one (flags override it).
+    ///
+    /// Examples:
+    ///   hotsync attach deployment/web                        # syncs . to /app in every pod
+    ///   hotsync attach deploy/web -n shop --context kind-dev --container app --sync ./src:/app/src
+    ///   hotsync attach sts/db --reload-signal HUP --reload-process postgres
+    ///   hotsync attach deployment/web --once                 # sync every pod once, verify, exit
+    ///
+    /// Undo with `hotsync detach deployment/web`.
+    #[command(verbatim_doc_comment)]
+    Attach(AttachArgs),
+    /// Remove what `hotsync attach` added to a workload: its pod template is restored as it
+    /// was, the credentials Secret deleted, and a running attach for it stopped.
+    ///
+    /// Example:
+    ///   hotsync detach deployment/web -n shop
+    #[command(verbatim_doc_comment)]
+    Detach(DetachArgs),
+    /// Show every `hotsync attach` running on this machine: its pods, their transport, state,
+    /// last sync and how far behind the source they are.
+    Status {
+        /// Print JSON (one array of sessions).
+        #[arg(long)]
+        json: bool,
+    },
     /// Create mutual-TLS credentials for a host and an agent: a private CA and a certificate
     /// for each side. Give the same directory to both (the agent needs ca.pem, agent.pem and
     /// agent.key; keep host.key on your machine).
@@ -107,6 +138,75 @@ pub struct SyncArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// The workload as TYPE/NAME: deployment/web, deploy/web, sts/db, ds/agent, pod/web-abc
+    /// (default: `workload` in hotsync.yaml).
+    pub workload: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Project file (default: ./hotsync.yaml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The app container whose files are synced (default: the pod's first container).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// What to sync where: LOCAL:REMOTE (default: .:/app).
+    #[arg(long, value_name = "LOCAL:REMOTE")]
+    pub sync: Option<String>,
+    /// After each changeset, send this signal (HUP, USR1…) to the process named by --reload-process.
+    #[arg(long, requires = "reload_process", value_name = "SIGNAL")]
+    pub reload_signal: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub reload_process: Option<String>,
+    /// After each changeset, run this command in the synced directory (in the sidecar).
+    #[arg(long, conflicts_with = "reload_signal", value_name = "CMD")]
+    pub reload_exec: Option<String>,
+    /// The sidecar image (default: hotsync-agent:VERSION; load it into your cluster first).
+    #[arg(long, value_name = "IMAGE")]
+    pub agent_image: Option<String>,
+    /// How to reach the sidecars: auto tries the pods' IPs, then falls back to port-forward.
+    #[arg(long, value_enum)]
+    pub transport: Option<ClusterTransport>,
+    /// Also ignore paths matching this gitignore-style pattern (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// Sync every ready pod once, check each pod's tree equals the source, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print JSON events, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the rollout.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub timeout: u64,
+    /// Owner of the synced files and user of the sidecar (default: the app container's).
+    #[arg(long, value_name = "UID")]
+    pub run_as_user: Option<i64>,
+    #[arg(long, value_name = "GID")]
+    pub run_as_group: Option<i64>,
+    /// Where to keep the hash cache (default: $XDG_CACHE_HOME/hotsync or ~/.cache/hotsync).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Where the host keeps workload credentials (default: $XDG_CONFIG_HOME/hotsync/credentials).
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// The workload as TYPE/NAME (default: `workload` in hotsync.yaml).
+    pub workload: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Project file (default: ./hotsync.yaml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the host keeps workload credentials (default: $XDG_CONFIG_HOME/hotsync/credentials).
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum WebhookCommand {
     /// Print the webhook's manifests (Namespace, ServiceAccount, TLS Secret, Deployment,
@@ -119,6 +219,42 @@ pub enum WebhookCommand {
         /// The hotsync-agent image (it serves the webhook and is the injected sidecar).
         #[arg(long, default_value = concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")))]
         image: String,
+    },
+    /// Install the webhook in the cluster: the objects `manifests` prints, created or updated
+    /// (a new serving certificate each time: installing again rotates it), then waits for its
+    /// pods. Afterwards, annotate a workload's pod template with hotsync.dev/inject=true.
+    ///
+    /// Example:
+    ///   hotsync webhook install --context kind-dev
+    ///   kubectl patch deploy web -p '{"spec":{"template":{"metadata":{"annotations":{"hotsync.dev/inject":"true"}}}}}'
+    #[command(verbatim_doc_comment)]
+    Install {
+        /// Namespace the webhook runs in (created when missing).
+        #[arg(long, default_value = "hotsync-system")]
+        namespace: String,
+        /// The hotsync-agent image (it serves the webhook and is the injected sidecar).
+        #[arg(long, default_value = concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// Kubeconfig context to use (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// How long to wait for the webhook's pods.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Remove the webhook: its configuration first (pods are created untouched from then on),
+    /// then its objects, and its namespace if install created it. Injected pods keep running.
+    Uninstall {
+        /// Namespace the webhook runs in.
+        #[arg(long, default_value = "hotsync-system")]
+        namespace: String,
+        #[arg(long)]
+        context: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -176,14 +312,86 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::demo::run(crate::demo::DemoOptions { edits: a.edits, keep: a.keep, json: a.json }).await
         }
         Command::Sync(a) => sync(a).await,
+        Command::Attach(a) => attach(a).await,
+        Command::Detach(a) => {
+            let project = crate::attach::load_project(a.config.as_ref())?;
+            let workload = crate::attach::workload_from(a.workload.as_deref(), project.as_ref())?;
+            let cluster = crate::attach::cluster_args(a.cluster, project.as_ref());
+            let creds = a.credentials_dir.unwrap_or_else(|| config_dir().join("credentials"));
+            crate::attach::detach(&workload, &cluster, &creds).await
+        }
+        Command::Status { json } => {
+            let sessions = crate::status::running();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                print!("{}", crate::status::render(&sessions));
+            }
+            Ok(())
+        }
         Command::Credentials(a) => credentials(&a.out),
         Command::Inject(a) => inject(a),
         Command::Webhook(WebhookCommand::Manifests { namespace, image }) => {
             print!("{}", crate::webhook_manifests::manifests(&namespace, &image)?);
             Ok(())
         }
+        Command::Webhook(WebhookCommand::Install { namespace, image, context, kubeconfig, timeout }) => {
+            let cluster = crate::cluster::connect(&ClusterArgs { namespace: None, context, kubeconfig }).await?;
+            let timeout = std::time::Duration::from_secs(timeout);
+            crate::cluster::install::install(&cluster, &namespace, &image, timeout, |m| println!("• {m}")).await?;
+            println!("• the webhook is ready: pods annotated hotsync.dev/inject=true now get the sidecar");
+            Ok(())
+        }
+        Command::Webhook(WebhookCommand::Uninstall { namespace, context, kubeconfig }) => {
+            let cluster = crate::cluster::connect(&ClusterArgs { namespace: None, context, kubeconfig }).await?;
+            crate::cluster::install::uninstall(&cluster, &namespace, |m| println!("• {m}")).await
+        }
         Command::ExampleApp(a) => crate::example_app::run(a.dir, a.state_file).await,
     }
+}
+
+async fn attach(a: AttachArgs) -> anyhow::Result<()> {
+    let project = crate::attach::load_project(a.config.as_ref())?;
+    let p = project.as_ref();
+    let workload = crate::attach::workload_from(a.workload.as_deref(), p)?;
+    let sync = match (&a.sync, p) {
+        (Some(text), _) => SyncMapping::parse(text, Path::new("."))?,
+        (None, Some(project)) => project.sync_mapping()?.unwrap_or(SyncMapping::parse(".:/app", &project.dir)?),
+        (None, None) => SyncMapping::parse(".:/app", Path::new("."))?,
+    };
+    let transport = match (a.transport, p.and_then(|p| p.transport.as_deref())) {
+        (Some(t), _) => t,
+        (None, Some(t)) => ClusterTransport::from_str(t, true).map_err(|e| anyhow::anyhow!("transport: {e}"))?,
+        (None, None) => ClusterTransport::Auto,
+    };
+    let mut ignore = p.map(|p| p.ignore.clone()).unwrap_or_default();
+    ignore.extend(a.ignore);
+    let options = Options {
+        container: a.container.or_else(|| p.and_then(|p| p.container.clone())),
+        path: sync.remote.clone(),
+        agent_image: a
+            .agent_image
+            .or_else(|| p.and_then(|p| p.agent_image.clone()))
+            .unwrap_or_else(|| concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")).into()),
+        secret: String::new(),
+        reload: crate::attach::reload_from(a.reload_signal, a.reload_process, a.reload_exec, p),
+        run_as_user: a.run_as_user,
+        run_as_group: a.run_as_group,
+    };
+    crate::attach::attach(AttachPlan {
+        workload,
+        cluster: crate::attach::cluster_args(a.cluster, p),
+        sync,
+        options,
+        ignore,
+        transport,
+        once: a.once,
+        json: a.json,
+        rollout_timeout: std::time::Duration::from_secs(a.timeout),
+        credentials_root: a.credentials_dir.unwrap_or_else(|| config_dir().join("credentials")),
+        cache_dir: a.cache_dir,
+    })
+    .await
 }
 
 fn credentials(out: &Path) -> anyhow::Result<()> {
@@ -246,8 +454,7 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let snapshots = source::start(&root, &args.ignore, cache_file, !args.once, ui.clone())?;
     let memory = Arc::new(ChunkMemory::load(&chunks_file));
     let cfg = SessionConfig {
-        addr,
-        transport: args.transport,
+        route: Route::new(addr, args.transport),
         label: args.to.clone(),
         identity,
         once: args.once,
@@ -281,7 +488,7 @@ async fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// The hash cache and chunk-list files for a source root.
-fn cache_files(root: &Path, dir: Option<&Path>) -> (PathBuf, PathBuf) {
+pub(crate) fn cache_files(root: &Path, dir: Option<&Path>) -> (PathBuf, PathBuf) {
     let dir = dir.map_or_else(
         || {
             std::env::var_os("XDG_CACHE_HOME")

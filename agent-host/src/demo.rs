@@ -78,8 +78,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let (ui, mut events) = Ui::observed(opts.json);
     let snapshots = source::start(&src, &[], base.path().join("cache"), true, ui.clone())?;
     let cfg = SessionConfig {
-        addr,
-        transport: session::Transport::Udp,
+        route: session::Route::Udp(addr),
         label: addr.to_string(),
         identity: Arc::new(Identity::load(&creds, Role::Host)?),
         once: false,

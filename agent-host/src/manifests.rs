@@ -20,7 +20,7 @@ const WORKLOAD_KINDS: [&str; 5] = ["Deployment", "StatefulSet", "DaemonSet", "Re
 /// What to inject, besides what each manifest says.
 pub struct InjectRequest {
     pub options: Options,
-    /// Where the host keeps each workload's credentials: `DIR/NAMESPACE/KIND-NAME/`.
+    /// Where the host keeps each workload's credentials: `DIR/NAMESPACE/SECRET/` (shared with `attach`).
     pub credentials_root: PathBuf,
 }
 
@@ -85,7 +85,7 @@ pub fn inject_manifests(text: &str, source: &str, req: &InjectRequest) -> anyhow
             injected += 1;
         }
         let ns_dir = namespace.clone().unwrap_or_else(|| "default".into());
-        let creds = req.credentials_root.join(ns_dir).join(format!("{}-{name}", kind.to_ascii_lowercase()));
+        let creds = req.credentials_root.join(ns_dir).join(&secret);
         out.push(doc);
         out.push(secret_for(&secret, namespace.as_deref(), &creds)?);
     }
@@ -102,7 +102,7 @@ pub fn inject_manifests(text: &str, source: &str, req: &InjectRequest) -> anyhow
 
 /// The Secret with a workload's agent credentials, made once and kept in `dir` (so the output
 /// is the same every time, and the host holds the matching key).
-fn secret_for(name: &str, namespace: Option<&str>, dir: &Path) -> anyhow::Result<Value> {
+pub(crate) fn secret_for(name: &str, namespace: Option<&str>, dir: &Path) -> anyhow::Result<Value> {
     if !dir.join(CA_CERT).exists() {
         GeneratedCredentials::generate()?.write_to(dir)?;
     }
@@ -192,7 +192,7 @@ spec:
         assert_eq!(secret.metadata.name.as_deref(), Some("hotsync-web"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("shop"));
         assert!(secret.string_data.unwrap().contains_key("agent.key"));
-        assert!(dir.path().join("shop/deployment-web/host.key").exists(), "the host keeps its half");
+        assert!(dir.path().join("shop/hotsync-web/host.key").exists(), "the host keeps its half");
 
         let again = inject_manifests(MANIFESTS, "deploy.yaml", &request(dir.path())).unwrap();
         assert_eq!(again, out, "same input, same output");

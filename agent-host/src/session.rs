@@ -10,10 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use futures_util::future::BoxFuture;
 use hotsync_core::diff::{self, Op};
 use hotsync_core::proto::{AGENT_SERVER_NAME, AgentMsg, HostMsg, MAGIC, PROTOCOL_VERSION};
 use hotsync_core::{RelPath, TreeIndex};
 use hotsync_transport::{Identity, read_frame, write_frame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -21,7 +23,7 @@ use crate::send::{self, ChunkMemory, Progress};
 use crate::source::Snapshot;
 use crate::ui::{Event, Ui};
 
-/// How QUIC packets travel to the agent.
+/// How QUIC packets travel to the agent (the `--transport` of `hotsync sync`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
     /// Plain UDP: the fastest path, when the agent's address is reachable.
@@ -31,11 +33,51 @@ pub enum Transport {
     Tcp,
 }
 
+/// A byte stream QUIC can be framed over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// Opens a fresh byte stream to an agent (a Kubernetes port-forward); called on every
+/// connection attempt.
+pub type StreamOpener = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Box<dyn ByteStream>>> + Send + Sync>;
+
+/// Where one agent is and how its packets travel.
+#[derive(Clone)]
+pub enum Route {
+    /// QUIC on UDP to this address.
+    Udp(SocketAddr),
+    /// QUIC framed over a TCP connection to this address.
+    Tcp(SocketAddr),
+    /// QUIC framed over streams this opener makes.
+    Stream(StreamOpener),
+}
+
+impl Route {
+    /// A route for `hotsync sync --to ADDR --transport T`.
+    pub fn new(addr: SocketAddr, transport: Transport) -> Self {
+        match transport {
+            Transport::Udp => Route::Udp(addr),
+            Transport::Tcp => Route::Tcp(addr),
+        }
+    }
+
+    /// What to check when nothing answers.
+    fn unreachable_hint(&self) -> String {
+        match self {
+            Route::Udp(addr) => {
+                format!("is `hotsync-agent serve` running there, and UDP port {} reachable?", addr.port())
+            }
+            Route::Tcp(_) => "is `hotsync-agent serve --listen-tcp` running there?".into(),
+            Route::Stream(_) => "is the sidecar running and its TCP port served (`--listen-tcp`)?".into(),
+        }
+    }
+}
+
 /// How to reach one agent.
 #[derive(Clone)]
 pub struct SessionConfig {
-    pub addr: SocketAddr,
-    pub transport: Transport,
+    pub route: Route,
+    /// How the agent is named in what the user sees (an address, a pod).
     pub label: String,
     pub identity: Arc<Identity>,
     /// Sync once, check the agent's root, and return.
@@ -57,11 +99,11 @@ const PROGRESS_BYTES: u64 = 32 << 20;
 
 /// Runs the session until `once` is done, a fatal error, or forever.
 pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot>>, ui: Ui) -> anyhow::Result<()> {
-    let udp = match cfg.transport {
-        Transport::Udp => Some(
-            hotsync_transport::client_endpoint(&cfg.identity, cfg.addr).context("cannot create the QUIC endpoint")?,
-        ),
-        Transport::Tcp => None,
+    let udp = match cfg.route {
+        Route::Udp(addr) => {
+            Some(hotsync_transport::client_endpoint(&cfg.identity, addr).context("cannot create the QUIC endpoint")?)
+        }
+        Route::Tcp(_) | Route::Stream(_) => None,
     };
     let mut model: Option<TreeIndex> = None;
     let mut next_id = 0u64;
@@ -100,53 +142,61 @@ pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot
     }
 }
 
-/// Connects over UDP (with the shared endpoint) or over a fresh TCP connection; returns the
+/// Connects over UDP (with the shared endpoint) or over a fresh byte stream; returns the
 /// endpoint the connection lives on.
 async fn connect(
     udp: Option<&quinn::Endpoint>,
     cfg: &SessionConfig,
 ) -> anyhow::Result<(quinn::Connection, quinn::Endpoint)> {
-    let (endpoint, peer) = match udp {
-        Some(endpoint) => (endpoint.clone(), cfg.addr),
-        None => {
-            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(cfg.addr)).await {
+    let (endpoint, peer) = match (&cfg.route, udp) {
+        (Route::Udp(addr), Some(endpoint)) => (endpoint.clone(), *addr),
+        (Route::Tcp(addr), _) => {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => bail!(
-                    "cannot open TCP to {}: {e}: is `hotsync-agent serve --listen-tcp` running there (or the port-forward up)?",
-                    cfg.addr
+                    "cannot open TCP to {addr}: {e}: is `hotsync-agent serve --listen-tcp` running there (or the port-forward up)?"
                 ),
-                Err(_) => bail!("no TCP answer from {} within {} s", cfg.addr, CONNECT_TIMEOUT.as_secs()),
+                Err(_) => bail!("no TCP answer from {addr} within {} s", CONNECT_TIMEOUT.as_secs()),
             };
             stream.set_nodelay(true)?;
-            let client = hotsync_transport::endpoint::client_config(&cfg.identity)?;
-            hotsync_transport::stream_socket::client_over(stream, client)?
+            over_stream(stream, cfg)?
         }
+        (Route::Stream(open), _) => {
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, open()).await {
+                Ok(result) => result?,
+                Err(_) => bail!("no stream to {} within {} s", cfg.label, CONNECT_TIMEOUT.as_secs()),
+            };
+            over_stream(stream, cfg)?
+        }
+        (Route::Udp(_), None) => unreachable!("run() makes the UDP endpoint for a UDP route"),
     };
     let connecting = endpoint.connect(peer, AGENT_SERVER_NAME).context("cannot start a connection")?;
     let conn = handshake(connecting, cfg).await?;
     Ok((conn, endpoint))
 }
 
+fn over_stream(stream: impl ByteStream, cfg: &SessionConfig) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
+    let client = hotsync_transport::endpoint::client_config(&cfg.identity)?;
+    Ok(hotsync_transport::stream_socket::client_over(stream, client)?)
+}
+
 async fn handshake(connecting: quinn::Connecting, cfg: &SessionConfig) -> anyhow::Result<quinn::Connection> {
+    let target = &cfg.label;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => Err(anyhow!(
-            "no answer from a hotsync agent at {} within {} s: is `hotsync-agent serve` running there, and UDP port {} reachable?",
-            cfg.addr,
+            "no answer from a hotsync agent at {target} within {} s: {}",
             CONNECT_TIMEOUT.as_secs(),
-            cfg.addr.port()
+            cfg.route.unreachable_hint()
         )),
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) if is_tls_failure(&e) => Err(anyhow!(Fatal(anyhow!(
-            "the agent at {} and this host do not trust each other ({e}). Both sides must use the same credentials directory: \
-             `hotsync credentials --out DIR`, then `--credentials DIR` for `hotsync sync` and `hotsync-agent serve`",
-            cfg.addr
+            "the agent at {target} and this host do not trust each other ({e}). Both sides must use the same credentials directory: \
+             `hotsync credentials --out DIR`, then `--credentials DIR` for `hotsync sync` and `hotsync-agent serve`"
         )))),
-        Ok(Err(quinn::ConnectionError::TimedOut)) => Err(anyhow!(
-            "no answer from a hotsync agent at {}: is `hotsync-agent serve` running there, and UDP port {} reachable?",
-            cfg.addr,
-            cfg.addr.port()
-        )),
-        Ok(Err(e)) => Err(anyhow!("cannot connect to {}: {e}", cfg.addr)),
+        Ok(Err(quinn::ConnectionError::TimedOut)) => {
+            Err(anyhow!("no answer from a hotsync agent at {target}: {}", cfg.route.unreachable_hint()))
+        }
+        Ok(Err(e)) => Err(anyhow!("cannot connect to {target}: {e}")),
     }
 }
 

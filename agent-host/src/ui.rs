@@ -73,6 +73,20 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// A step of `hotsync attach` (credentials, injection, rollout, transport).
+    Step {
+        message: String,
+    },
+    /// A ready pod with the sidecar joined the sync.
+    PodJoined {
+        pod: String,
+        transport: String,
+    },
+    /// A pod left the sync (deleted, replaced, not ready).
+    PodLeft {
+        pod: String,
+        reason: String,
+    },
 }
 
 /// Where events go: printed at once (text or JSON), then handed to an optional observer.
@@ -129,6 +143,9 @@ fn print(event: &Event, json: bool) {
             let _ = writeln!(std::io::stderr(), "warning: {message}");
             return;
         }
+        Event::Step { message } => format!("• {message}"),
+        Event::PodJoined { pod, transport } => format!("+ pod/{pod} joined ({transport})"),
+        Event::PodLeft { pod, reason } => format!("- pod/{pod} left ({reason})"),
         Event::Connecting { target } => format!("→ {target}: connecting"),
         Event::Connected { target, agent, same_tree } => format!(
             "→ {target}: connected to {agent}{}",

@@ -15,8 +15,24 @@ const PORT: u16 = 8443;
 
 /// The manifests, as YAML documents.
 pub fn manifests(namespace: &str, image: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for doc in objects(namespace, image, &[])? {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc)?);
+    }
+    Ok(out)
+}
+
+/// The objects, in the order to create them, with a new serving certificate. `also_trusted`:
+/// CA certificates (PEM) the caBundle keeps trusting besides the new one, so a rotation never
+/// leaves a moment when the API server trusts neither the old nor the new certificate.
+pub fn objects(namespace: &str, image: &str, also_trusted: &[String]) -> anyhow::Result<Vec<Value>> {
     let service_dns = format!("{NAME}.{namespace}.svc");
     let tls = ServerTls::generate(&[service_dns.clone(), format!("{service_dns}.cluster.local")])?;
+    let mut bundle = tls.ca_pem.clone();
+    for ca in also_trusted {
+        bundle.push_str(ca);
+    }
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let labels = json!({"app.kubernetes.io/name": NAME, "app.kubernetes.io/managed-by": "hotsync"});
     let skip_system = json!({
@@ -30,7 +46,7 @@ pub fn manifests(namespace: &str, image: &str) -> anyhow::Result<String> {
             "admissionReviewVersions": ["v1"],
             "clientConfig": {
                 "service": {"name": NAME, "namespace": namespace, "path": path, "port": 443},
-                "caBundle": b64(&tls.ca_pem),
+                "caBundle": b64(&bundle),
             },
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}],
             "failurePolicy": "Ignore",
@@ -40,7 +56,7 @@ pub fn manifests(namespace: &str, image: &str) -> anyhow::Result<String> {
             "namespaceSelector": namespace_selector,
         })
     };
-    let docs = vec![
+    Ok(vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}),
         // The webhook reads nothing from the API: its account has no permissions at all.
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": NAME, "namespace": namespace, "labels": labels}, "automountServiceAccountToken": false}),
@@ -92,13 +108,7 @@ pub fn manifests(namespace: &str, image: &str) -> anyhow::Result<String> {
                 webhook("namespaces.hotsync.dev", "/inject-all", json!({"matchLabels": {"hotsync.dev/inject": "enabled"}, "matchExpressions": [skip_system]})),
             ],
         }),
-    ];
-    let mut out = String::new();
-    for doc in docs {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&doc)?);
-    }
-    Ok(out)
+    ])
 }
 
 #[cfg(test)]

@@ -235,6 +235,9 @@ fn agent_args(reload: &Reload) -> Vec<String> {
         MOUNT_ROOT.into(),
         "--listen".into(),
         format!("0.0.0.0:{AGENT_PORT}"),
+        // The same port on TCP: what a port-forward reaches when UDP to the pod cannot.
+        "--listen-tcp".into(),
+        format!("0.0.0.0:{AGENT_PORT}"),
         "--credentials".into(),
         MOUNT_CREDENTIALS.into(),
         "--log-format".into(),
