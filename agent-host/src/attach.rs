@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cluster::pods::{PodSet, ReadyPod};
-use crate::cluster::sidecar::{self, Injection};
+use crate::cluster::sidecar::{self, Injection, Restored};
 use crate::cluster::workload::{Kind, WorkloadRef, selector_of};
 use crate::cluster::{self, Cluster, ClusterArgs, rollout};
 use crate::project::{Project, SyncMapping};
@@ -343,16 +343,22 @@ pub async fn detach(
         }
     }
     let done = sidecar::detach_workload(&cluster, workload).await?;
-    if done.restored {
-        println!("• restored the pod template of {workload} as it was before attach; its pods roll back");
-    } else {
-        println!("• {workload} has no pod template recorded by attach: left as it is");
+    match done.template {
+        Restored::Original => {
+            println!("• restored the pod template of {workload} exactly as it was before attach; its pods roll back");
+        }
+        Restored::KeptLaterChanges => println!(
+            "• took hotsync's sidecar out of {workload}; its pod template changed since attach, and those changes stay"
+        ),
+        Restored::NotAttached => println!(
+            "• {workload} was not changed by attach (injected by `hotsync inject` or the webhook, or never attached): left as it is"
+        ),
     }
     if done.secret_deleted {
         println!("• deleted the credentials Secret {}", done.secret);
     }
     let local = credentials_root.join(&cluster.namespace).join(&done.secret);
-    if done.restored && local.exists() {
+    if done.template != Restored::NotAttached && local.exists() {
         std::fs::remove_dir_all(&local).with_context(|| format!("cannot remove {}", local.display()))?;
     }
     Ok(())

@@ -157,24 +157,59 @@ pub async fn inject_workload(
     bail!("{workload} kept changing under us; try again")
 }
 
+/// What detach did to the pod template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Put back exactly as it was before attach.
+    Original,
+    /// Changed since attach by someone else: hotsync's additions were taken out, the rest kept.
+    KeptLaterChanges,
+    /// No record of attach: left as it is (injected by `hotsync inject` or the webhook, or
+    /// never attached).
+    NotAttached,
+}
+
 /// What detach did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detached {
-    /// The pod template was put back as it was before attach.
-    pub restored: bool,
+    pub template: Restored,
     /// The credentials Secret's name, and whether it was deleted.
     pub secret: String,
     pub secret_deleted: bool,
 }
 
-/// Restores the workload's original pod template and deletes its credentials Secret.
+/// A pod template through the typed structs, for comparing two templates the same way.
+fn typed_template(template: &Value) -> anyhow::Result<(ObjectMeta, PodSpec)> {
+    let meta = serde_json::from_value(template.get("metadata").cloned().unwrap_or_else(|| json!({})))
+        .context("the pod template's metadata")?;
+    let spec = serde_json::from_value(template.get("spec").cloned().unwrap_or_else(|| json!({})))
+        .context("the pod template's spec")?;
+    Ok((meta, spec))
+}
+
+/// The template with hotsync's additions taken out.
+fn without_sidecar(template: &Value) -> anyhow::Result<Value> {
+    let (mut meta, mut spec) = typed_template(template)?;
+    hotsync_inject::uninject(&mut meta, &mut spec);
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(ANNOTATION_CREDENTIALS);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    Ok(json!({ "metadata": meta, "spec": spec }))
+}
+
+/// Restores the workload's pod template and deletes its credentials Secret. When the template
+/// was not changed since attach, it is restored exactly (byte for byte); otherwise only
+/// hotsync's additions are taken out, so nobody's later change is lost.
 pub async fn detach_workload(cluster: &Cluster, workload: &WorkloadRef) -> anyhow::Result<Detached> {
     if workload.kind == Kind::Pod {
         bail!("detach the workload that owns the pod (e.g. deployment/NAME): a pod's containers cannot change");
     }
     let api = workload.api(cluster);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    let mut restored = false;
+    let mut restored = Restored::NotAttached;
     let mut secret = None;
     for attempt in 0..=CONFLICT_RETRIES {
         if attempt == CONFLICT_RETRIES {
@@ -190,14 +225,19 @@ pub async fn detach_workload(cluster: &Cluster, workload: &WorkloadRef) -> anyho
         let original = record.get("template").cloned().with_context(|| {
             format!("{workload}: annotation {ANNOTATION_ORIGINAL} holds no template; restore the spec by hand")
         })?;
-        obj.data["spec"]["template"] = original;
+        let current = obj.data.pointer("/spec/template").cloned().context("the workload has no pod template")?;
+        let stripped = without_sidecar(&current)?;
+        let (original_meta, original_spec) = typed_template(&original)?;
+        let unchanged = stripped == json!({ "metadata": original_meta, "spec": original_spec });
+        let outcome = if unchanged { Restored::Original } else { Restored::KeptLaterChanges };
+        obj.data["spec"]["template"] = if unchanged { original } else { stripped };
         // The API server never returns an empty map: drop it, as it was before attach.
         if obj.metadata.annotations.as_ref().is_some_and(std::collections::BTreeMap::is_empty) {
             obj.metadata.annotations = None;
         }
         match api.replace(&workload.name, &params, &obj).await {
             Ok(_) => {
-                restored = true;
+                restored = outcome;
                 break;
             }
             Err(e) if is_status(&e, 409) => {}
@@ -211,5 +251,5 @@ pub async fn detach_workload(cluster: &Cluster, workload: &WorkloadRef) -> anyho
         Err(e) if is_status(&e, 404) => false,
         Err(e) => return Err(cluster.explain(e, &format!("cannot delete Secret {name}"))),
     };
-    Ok(Detached { restored, secret: name, secret_deleted })
+    Ok(Detached { template: restored, secret: name, secret_deleted })
 }

@@ -227,6 +227,60 @@ pub fn inject(
     Ok(Outcome::Injected)
 }
 
+/// Takes out of a pod (template) everything [`inject`] put in: the sidecar, its init steps,
+/// its volumes and the app's mount of the synced tree, `shareProcessNamespace` and the
+/// annotation. What else the pod has, including changes made since the injection, stays.
+/// Returns false when the pod had no sidecar (then nothing changes).
+///
+/// `shareProcessNamespace` goes back to unset, as most pods have it; a caller that knows the
+/// original pod (`hotsync detach`) restores that instead when nothing else changed.
+pub fn uninject(meta: &mut ObjectMeta, spec: &mut PodSpec) -> bool {
+    let Some(at) = spec.containers.iter().position(|c| c.name == SIDECAR) else { return false };
+    let sidecar = spec.containers.remove(at);
+    let mut ours: Vec<String> = sidecar.volume_mounts.iter().flatten().map(|m| m.name.clone()).collect();
+    if let Some(init) = spec.init_containers.as_mut() {
+        for c in init.iter().filter(|c| c.name == INIT_INSTALL || c.name == INIT_SEED) {
+            ours.extend(c.volume_mounts.iter().flatten().map(|m| m.name.clone()));
+        }
+        init.retain(|c| c.name != INIT_INSTALL && c.name != INIT_SEED);
+    }
+    let ours: Vec<String> = ours
+        .into_iter()
+        .filter(|n| [VOLUME_ROOT, VOLUME_BIN, VOLUME_CREDENTIALS].iter().any(|base| is_named(n, base)))
+        .collect();
+    for c in &mut spec.containers {
+        if let Some(mounts) = c.volume_mounts.as_mut() {
+            mounts.retain(|m| !ours.contains(&m.name));
+        }
+        none_if_empty(&mut c.volume_mounts);
+    }
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| !ours.contains(&v.name));
+    }
+    none_if_empty(&mut spec.volumes);
+    none_if_empty(&mut spec.init_containers);
+    spec.share_process_namespace = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(ANNOTATION_INJECTED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    true
+}
+
+/// `base` or one of the `base-N` names [`free_name`] gives.
+fn is_named(name: &str, base: &str) -> bool {
+    name == base || name.strip_prefix(base).and_then(|r| r.strip_prefix('-')).is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+/// The API server leaves an empty list out; so do we.
+fn none_if_empty<T>(list: &mut Option<Vec<T>>) {
+    if list.as_ref().is_some_and(Vec::is_empty) {
+        *list = None;
+    }
+}
+
 /// The sidecar's command line.
 fn agent_args(reload: &Reload) -> Vec<String> {
     let mut args: Vec<String> = vec![

@@ -188,3 +188,29 @@ fn only_pods_that_ask_are_injected_by_annotation() {
     meta.annotations = Some([(ANNOTATION_INJECT.to_owned(), "true".to_owned())].into());
     assert!(wants_injection(&meta));
 }
+
+#[test]
+fn uninject_takes_out_exactly_what_inject_put_in() {
+    let (original_meta, original_spec) = web_template();
+    let (mut meta, mut spec) = web_template();
+    inject(&mut meta, &mut spec, &opts(), "0.1.0").unwrap();
+    assert!(uninject(&mut meta, &mut spec));
+    assert_eq!(serde_json::to_value(&spec).unwrap(), serde_json::to_value(&original_spec).unwrap());
+    assert_eq!(serde_json::to_value(&meta).unwrap(), serde_json::to_value(&original_meta).unwrap());
+    assert!(!uninject(&mut meta, &mut spec), "nothing left to take out");
+}
+
+#[test]
+fn uninject_keeps_changes_made_since_and_volumes_named_like_ours() {
+    let (mut meta, mut spec) = web_template();
+    // The pod has a volume named like ours already: inject picks another name for its own.
+    spec.volumes.as_mut().unwrap().push(Volume { name: VOLUME_ROOT.into(), ..Volume::default() });
+    inject(&mut meta, &mut spec, &opts(), "0.1.0").unwrap();
+    spec.containers[0].image = Some("registry.example/web:1.5.0".into());
+    uninject(&mut meta, &mut spec);
+    let names: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["config", VOLUME_ROOT], "the pod's own volume stays");
+    assert_eq!(spec.containers[0].image.as_deref(), Some("registry.example/web:1.5.0"), "later edits stay");
+    assert_eq!(spec.containers.len(), 2);
+    assert!(spec.init_containers.is_none());
+}
