@@ -15,11 +15,12 @@ use anyhow::{Context, bail};
 use hotsync_core::proto::AGENT_SERVER_NAME;
 use hotsync_inject::{AGENT_PORT, Options, Reload};
 use hotsync_transport::{Identity, Role};
+use kube::api::DynamicObject;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cluster::pods::{PodSet, ReadyPod};
-use crate::cluster::sidecar::{self, Injection, Restored};
+use crate::cluster::sidecar::{self, Injection, Restored, SecretChange};
 use crate::cluster::workload::{Kind, WorkloadRef, selector_of};
 use crate::cluster::{self, Cluster, ClusterArgs, rollout};
 use crate::project::{Project, SyncMapping};
@@ -101,36 +102,7 @@ pub async fn attach(plan: AttachPlan) -> anyhow::Result<()> {
 
     let cluster = cluster::connect(&plan.cluster).await?;
     let workload = &plan.workload;
-    // Read first: an unknown workload or a forbidden read stops here, having changed nothing.
-    let obj = workload.get(&cluster).await?;
-    let secret = sidecar::secret_name(workload, &obj.data);
-    let creds_dir = plan.credentials_root.join(&cluster.namespace).join(&secret);
-    let options = Options { secret: secret.clone(), path: plan.sync.remote.clone(), ..plan.options.clone() };
-
-    if workload.kind != Kind::Pod && sidecar::ensure_secret(&cluster, &secret, &creds_dir).await? {
-        ui.emit(Event::Step { message: format!("Secret {secret} holds the sidecar's credentials") });
-    }
-    let digest = sidecar::credentials_digest(&creds_dir).with_context(|| {
-        format!(
-            "no local credentials for {workload} in {}; attach to the workload (not a pod) once",
-            creds_dir.display()
-        )
-    })?;
-    let identity = Arc::new(Identity::load(&creds_dir, Role::Host)?);
-    let injection = sidecar::inject_workload(&cluster, workload, &options, &digest).await?;
-    ui.emit(Event::Step {
-        message: match injection {
-            Injection::Injected => format!("injected the hotsync sidecar into {workload}; waiting for the rollout"),
-            Injection::AlreadyInjected => format!("{workload} carries the hotsync sidecar already"),
-            Injection::ByWebhook => format!("{workload}'s pods get the sidecar from the admission webhook"),
-            Injection::PodInjected => format!("{workload} carries the hotsync sidecar"),
-        },
-    });
-    let progress_ui = ui.clone();
-    rollout::wait(&cluster, workload, plan.rollout_timeout, |state| {
-        progress_ui.emit(Event::Step { message: format!("rollout: {}", rollout::describe(Some(state))) });
-    })
-    .await?;
+    let (obj, identity) = prepare(&cluster, &plan, &ui).await?;
 
     let (cache_file, chunks_file) = crate::cli::cache_files(&root, plan.cache_dir.as_deref());
     let snapshots = source::start(&root, &plan.ignore, cache_file, !plan.once, ui.clone())?;
@@ -165,7 +137,7 @@ pub async fn attach(plan: AttachPlan) -> anyhow::Result<()> {
     };
     let result = tokio::select! {
         r = fan.run(pods, snapshots.clone()) => r,
-        _ = tokio::signal::ctrl_c() => {
+        () = interrupted() => {
             ui.emit(Event::Step { message: format!("stopped; the sidecar stays in {workload} until `hotsync detach {workload}`") });
             Ok(())
         }
@@ -178,6 +150,70 @@ pub async fn attach(plan: AttachPlan) -> anyhow::Result<()> {
     status_file.abort();
     let _ = std::fs::remove_file(status::sessions_dir().join(format!("{}.json", std::process::id())));
     result
+}
+
+/// Credentials, sidecar, rollout: the workload ready to be synced. Returns the workload as
+/// read and the host's identity for its sidecars.
+async fn prepare(cluster: &Cluster, plan: &AttachPlan, ui: &Ui) -> anyhow::Result<(DynamicObject, Arc<Identity>)> {
+    let workload = &plan.workload;
+    // Read first: an unknown workload or a forbidden read stops here, having changed nothing.
+    let obj = workload.get(cluster).await?;
+    let secret = sidecar::secret_name(workload, &obj.data);
+    let creds_dir = plan.credentials_root.join(&cluster.namespace).join(&secret);
+    let options = Options { secret: secret.clone(), path: plan.sync.remote.clone(), ..plan.options.clone() };
+
+    let secret_change = if workload.kind == Kind::Pod {
+        SecretChange::Unchanged
+    } else {
+        sidecar::ensure_secret(cluster, &secret, &creds_dir).await?
+    };
+    if secret_change != SecretChange::Unchanged {
+        ui.emit(Event::Step { message: format!("Secret {secret} holds the sidecar's credentials") });
+    }
+    let injected = async {
+        let digest = sidecar::credentials_digest(&creds_dir).with_context(|| {
+            format!(
+                "no local credentials for {workload} in {}; attach to the workload (not a pod) once",
+                creds_dir.display()
+            )
+        })?;
+        sidecar::inject_workload(cluster, workload, &options, &digest).await
+    }
+    .await;
+    let injection = match injected {
+        Ok(i) => i,
+        Err(e) => {
+            // Leave nothing behind: a Secret made for a workload that did not change.
+            if secret_change == SecretChange::Created {
+                sidecar::forget_secret(cluster, &secret).await;
+            }
+            return Err(e);
+        }
+    };
+    let identity = Arc::new(Identity::load(&creds_dir, Role::Host)?);
+    ui.emit(Event::Step {
+        message: match injection {
+            Injection::Injected => format!("injected the hotsync sidecar into {workload}; waiting for the rollout"),
+            Injection::AlreadyInjected => format!("{workload} carries the hotsync sidecar already"),
+            Injection::ByWebhook => format!("{workload}'s pods get the sidecar from the admission webhook"),
+            Injection::PodInjected => format!("{workload} carries the hotsync sidecar"),
+        },
+    });
+    let progress_ui = ui.clone();
+    rollout::wait(cluster, workload, plan.rollout_timeout, |state| {
+        progress_ui.emit(Event::Step { message: format!("rollout: {}", rollout::describe(Some(state))) });
+    })
+    .await?;
+    Ok((obj, identity))
+}
+
+/// Ctrl-C, or SIGTERM (`hotsync detach` and process supervisors stop an attach so).
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+    }
 }
 
 /// One session per ready pod.

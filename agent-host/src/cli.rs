@@ -157,6 +157,7 @@ pub struct AttachArgs {
     /// After each changeset, send this signal (HUP, USR1…) to the process named by --reload-process.
     #[arg(long, requires = "reload_process", value_name = "SIGNAL")]
     pub reload_signal: Option<String>,
+    /// The process that gets the reload signal: its name, as `ps` shows it (e.g. gunicorn).
     #[arg(long, value_name = "NAME")]
     pub reload_process: Option<String>,
     /// After each changeset, run this command in the synced directory (in the sidecar).
@@ -275,6 +276,7 @@ pub struct InjectArgs {
     /// After each changeset, send this signal (HUP, USR1…) to the process named by --reload-process.
     #[arg(long, requires = "reload_process", value_name = "SIGNAL")]
     pub reload_signal: Option<String>,
+    /// The process that gets the reload signal: its name, as `ps` shows it (e.g. gunicorn).
     #[arg(long, value_name = "NAME")]
     pub reload_process: Option<String>,
     /// After each changeset, run this command in the synced directory.

@@ -59,9 +59,17 @@ pub fn secret_name(workload: &WorkloadRef, obj: &Value) -> String {
     mounted.or(annotated).map_or_else(|| format!("hotsync-{}", workload.name), str::to_owned)
 }
 
+/// What [`ensure_secret`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretChange {
+    Created,
+    Updated,
+    Unchanged,
+}
+
 /// Makes sure the cluster's Secret `name` holds the agent credentials kept in `dir` (made on
-/// first use). Returns true when the Secret was created or changed.
-pub async fn ensure_secret(cluster: &Cluster, name: &str, dir: &Path) -> anyhow::Result<bool> {
+/// first use).
+pub async fn ensure_secret(cluster: &Cluster, name: &str, dir: &Path) -> anyhow::Result<SecretChange> {
     let mut wanted: Secret = serde_json::from_value(crate::manifests::secret_for(name, Some(&cluster.namespace), dir)?)
         .context("the credentials Secret")?;
     // The API server keeps `stringData` as `data`: compare and write in that form.
@@ -77,22 +85,31 @@ pub async fn ensure_secret(cluster: &Cluster, name: &str, dir: &Path) -> anyhow:
         };
         let Some(mut current) = current else {
             match api.create(&params, &wanted).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(SecretChange::Created),
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(cluster.explain(e, &format!("cannot create Secret {name}"))),
             }
         };
         if current.data == wanted.data {
-            return Ok(false);
+            return Ok(SecretChange::Unchanged);
         }
         current.data.clone_from(&wanted.data);
         match api.replace(name, &params, &current).await {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(SecretChange::Updated),
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(cluster.explain(e, &format!("cannot update Secret {name}"))),
         }
     }
     bail!("Secret {name} kept changing under us; try again")
+}
+
+/// Deletes a Secret attach created, when the attach fails before it is used (best effort: the
+/// error that made attach fail is the one to report).
+pub async fn forget_secret(cluster: &Cluster, name: &str) {
+    let api: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    if let Err(e) = api.delete(name, &DeleteParams::default()).await {
+        tracing::warn!("cannot delete Secret {name} after the failed attach: {e}");
+    }
 }
 
 /// A short digest of the credentials in `dir`, for [`ANNOTATION_CREDENTIALS`].
