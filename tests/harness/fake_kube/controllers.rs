@@ -57,6 +57,11 @@ fn names(store: &Store, res: &Resource) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A count as the API's int64 (counts here are tiny).
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
@@ -218,7 +223,7 @@ fn deployment(store: &mut Store, ns: &str, name: &str) {
     new_rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] = json!(desired.to_string());
     let revision = revision_of(&new_rs);
     write(store, rsres, new_rs.clone());
-    let new_ready = active_pods(store, &new_rs).iter().filter(|p| is_ready(p)).count() as i64;
+    let new_ready = count(active_pods(store, &new_rs).iter().filter(|p| is_ready(p)).count());
     // Surge: old replicasets keep their pods until the new ones are all Ready.
     if new_ready >= desired {
         for rs in rss.iter().filter(|rs| rs["metadata"]["name"] != new_name.as_str()) {
@@ -247,15 +252,15 @@ fn replicaset(store: &mut Store, ns: &str, name: &str) {
     let desired = rs["spec"]["replicas"].as_i64().unwrap_or(1);
     let mut active = active_pods(store, &rs);
     let mut failure = None;
-    if (active.len() as i64) < desired {
-        for _ in active.len() as i64..desired {
+    if count(active.len()) < desired {
+        for _ in count(active.len())..desired {
             let pod = pod_from_template(&rs, &format!("{name}-{}", verbs::random_suffix(5)), &json!({}));
             if let Err(e) = verbs::create(store, pods_res(), Some(ns), pod) {
                 failure = e.status["message"].as_str().map(str::to_owned);
                 break;
             }
         }
-    } else if active.len() as i64 > desired {
+    } else if count(active.len()) > desired {
         // Unready pods go first, then the newest.
         active.sort_by_key(|p| (is_ready(p), std::cmp::Reverse(str_of(&p["metadata"]["creationTimestamp"]))));
         for p in active.iter().take(active.len() - usize::try_from(desired).unwrap_or(0)) {
@@ -284,7 +289,7 @@ fn replicaset(store: &mut Store, ns: &str, name: &str) {
             }]);
         }
     } else if let Some(old) = rs["status"]["conditions"].as_array()
-        && active.len() as i64 != desired
+        && count(active.len()) != desired
     {
         status["conditions"] = json!(old);
     }
@@ -349,11 +354,11 @@ fn deployment_status(store: &mut Store, ns: &str, name: &str) {
     let (mut total, mut ready) = (0i64, 0i64);
     for rs in &rss {
         let pods = active_pods(store, rs);
-        total += pods.len() as i64;
-        ready += pods.iter().filter(|p| is_ready(p)).count() as i64;
+        total += count(pods.len());
+        ready += count(pods.iter().filter(|p| is_ready(p)).count());
     }
-    let updated = new_rs.map_or(0, |rs| active_pods(store, rs).len() as i64);
-    let new_ready = new_rs.map_or(0, |rs| active_pods(store, rs).iter().filter(|p| is_ready(p)).count() as i64);
+    let updated = new_rs.map_or(0, |rs| count(active_pods(store, rs).len()));
+    let new_ready = new_rs.map_or(0, |rs| count(active_pods(store, rs).iter().filter(|p| is_ready(p)).count()));
     let max_unavailable = percent_or_int(&d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], desired, false);
     let old = &d["status"];
     let available_ok = ready >= desired - max_unavailable;

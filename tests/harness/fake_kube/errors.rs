@@ -8,40 +8,40 @@ use super::resources::Resource;
 /// An API error: an HTTP code and the `Status` body to send with it.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
-    pub code: u16,
-    pub status: Value,
+    pub(crate) code: u16,
+    pub(crate) status: Value,
 }
 
 /// One entry of `details.causes` of a 422 Invalid.
 #[derive(Debug, Clone)]
 pub(crate) struct Cause {
     /// `FieldValueRequired`, `FieldValueDuplicate`, `FieldValueNotFound`, `FieldValueInvalid`…
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
     /// As the server words it, e.g. `Not found: "x"`.
-    pub message: String,
+    pub(crate) message: String,
     /// JSON path of the field, e.g. `spec.template.spec.containers[0].volumeMounts[0].name`.
-    pub field: String,
+    pub(crate) field: String,
 }
 
 impl Cause {
-    pub fn required(field: impl Into<String>, detail: &str) -> Self {
+    pub(crate) fn required(field: impl Into<String>, detail: &str) -> Self {
         let message = if detail.is_empty() { "Required value".to_owned() } else { format!("Required value: {detail}") };
         Self { reason: "FieldValueRequired", message, field: field.into() }
     }
-    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
+    pub(crate) fn duplicate(field: impl Into<String>, value: &str) -> Self {
         Self { reason: "FieldValueDuplicate", message: format!("Duplicate value: {value:?}"), field: field.into() }
     }
-    pub fn not_found(field: impl Into<String>, value: &str) -> Self {
+    pub(crate) fn not_found(field: impl Into<String>, value: &str) -> Self {
         Self { reason: "FieldValueNotFound", message: format!("Not found: {value:?}"), field: field.into() }
     }
-    pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
         Self {
             reason: "FieldValueInvalid",
             message: format!("Invalid value: {value:?}: {detail}"),
             field: field.into(),
         }
     }
-    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+    pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self { reason: "FieldValueForbidden", message: format!("Forbidden: {detail}"), field: field.into() }
     }
 }
@@ -75,15 +75,15 @@ fn details(res: &Resource, name: &str) -> Value {
 }
 
 impl ApiError {
-    pub fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         status(401, "Unauthorized", "Unauthorized", None)
     }
 
-    pub fn not_found(res: &Resource, name: &str) -> Self {
+    pub(crate) fn not_found(res: &Resource, name: &str) -> Self {
         status(404, "NotFound", &format!("{} {name:?} not found", res.qualified()), Some(details(res, name)))
     }
 
-    pub fn namespace_not_found(ns: &str) -> Self {
+    pub(crate) fn namespace_not_found(ns: &str) -> Self {
         status(
             404,
             "NotFound",
@@ -92,11 +92,11 @@ impl ApiError {
         )
     }
 
-    pub fn already_exists(res: &Resource, name: &str) -> Self {
+    pub(crate) fn already_exists(res: &Resource, name: &str) -> Self {
         status(409, "AlreadyExists", &format!("{} {name:?} already exists", res.qualified()), Some(details(res, name)))
     }
 
-    pub fn conflict(res: &Resource, name: &str) -> Self {
+    pub(crate) fn conflict(res: &Resource, name: &str) -> Self {
         let msg = format!(
             "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
             res.qualified()
@@ -105,7 +105,13 @@ impl ApiError {
     }
 
     /// RBAC said no: `User "dev" cannot VERB resource "R" in API group "G" in the namespace "NS"`.
-    pub fn forbidden(res: &Resource, subresource: Option<&str>, name: &str, verb: &str, ns: Option<&str>) -> Self {
+    pub(crate) fn forbidden(
+        res: &Resource,
+        subresource: Option<&str>,
+        name: &str,
+        verb: &str,
+        ns: Option<&str>,
+    ) -> Self {
         let resource = subresource.map_or_else(|| res.plural.to_owned(), |s| format!("{}/{s}", res.plural));
         let what = if name.is_empty() { res.qualified() } else { format!("{} {name:?}", res.qualified()) };
         let scope = ns.map_or_else(|| "at the cluster scope".to_owned(), |ns| format!("in the namespace {ns:?}"));
@@ -118,15 +124,15 @@ impl ApiError {
     }
 
     /// 410 for a resourceVersion older than the retained history.
-    pub fn expired(message: &str) -> Self {
+    pub(crate) fn expired(message: &str) -> Self {
         status(410, "Expired", message, None)
     }
 
-    pub fn gone_too_old(rv: u64, oldest: u64) -> Self {
+    pub(crate) fn gone_too_old(rv: u64, oldest: u64) -> Self {
         Self::expired(&format!("too old resource version: {rv} ({oldest})"))
     }
 
-    pub fn unsupported_media_type(supported: &[&str]) -> Self {
+    pub(crate) fn unsupported_media_type(supported: &[&str]) -> Self {
         let msg = format!(
             "the body of the request was in an unknown format - accepted media types include: {}",
             supported.join(", ")
@@ -134,16 +140,16 @@ impl ApiError {
         status(415, "UnsupportedMediaType", &msg, None)
     }
 
-    pub fn bad_request(message: &str) -> Self {
+    pub(crate) fn bad_request(message: &str) -> Self {
         status(400, "BadRequest", message, None)
     }
 
-    pub fn method_not_allowed() -> Self {
+    pub(crate) fn method_not_allowed() -> Self {
         status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", None)
     }
 
     /// 422 with its causes: `Kind.group "name" is invalid: field: message` (several in brackets).
-    pub fn invalid(res: &Resource, name: &str, causes: &[Cause]) -> Self {
+    pub(crate) fn invalid(res: &Resource, name: &str, causes: &[Cause]) -> Self {
         let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         let list = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
         let kind = if res.group.is_empty() { res.kind.to_owned() } else { format!("{}.{}", res.kind, res.group) };
@@ -159,7 +165,7 @@ impl ApiError {
         status(422, "Invalid", &msg, Some(d))
     }
 
-    pub fn internal(message: &str) -> Self {
+    pub(crate) fn internal(message: &str) -> Self {
         status(500, "InternalError", &format!("Internal error occurred: {message}"), None)
     }
 }

@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::controllers::NODE;
 use super::resources::by_plural;
 use super::verbs;
+use super::{Image, Shared};
 
 /// What the kubelet exposes of its pods: IPs, volume directories, logs, processes.
 pub(crate) struct Registry {
@@ -48,7 +48,7 @@ struct PodEntry {
 }
 
 impl Registry {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let r = verbs::random();
         Self { pods: Mutex::default(), prefix: (1 + (r % 254) as u8, ((r >> 8) % 256) as u8), next: AtomicU32::new(0) }
     }
@@ -63,15 +63,15 @@ impl Registry {
         Ipv4Addr::new(127, self.prefix.0, third, (n % 250) as u8 + 2)
     }
 
-    pub fn ip(&self, ns: &str, pod: &str) -> Option<Ipv4Addr> {
+    pub(crate) fn ip(&self, ns: &str, pod: &str) -> Option<Ipv4Addr> {
         self.lock().get(&(ns.to_owned(), pod.to_owned())).and_then(|e| e.ip)
     }
 
-    pub fn volume(&self, ns: &str, pod: &str, volume: &str) -> Option<PathBuf> {
+    pub(crate) fn volume(&self, ns: &str, pod: &str, volume: &str) -> Option<PathBuf> {
         self.lock().get(&(ns.to_owned(), pod.to_owned())).and_then(|e| e.volumes.get(volume).cloned())
     }
 
-    pub fn log(&self, ns: &str, pod: &str, container: &str) -> String {
+    pub(crate) fn log(&self, ns: &str, pod: &str, container: &str) -> String {
         let path = self.lock().get(&(ns.to_owned(), pod.to_owned())).and_then(|e| {
             if container.is_empty() { e.logs.values().next().cloned() } else { e.logs.get(container).cloned() }
         });
@@ -79,7 +79,7 @@ impl Registry {
     }
 
     /// SIGKILLs every process the kubelet started.
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         for e in self.lock().values_mut() {
             for g in std::mem::take(&mut e.groups) {
                 signal_group(g, rustix::process::Signal::KILL);
@@ -191,6 +191,182 @@ impl Container {
         }
     }
 
+    /// Notices a process that ended: for an init container that succeeded returns Some(true);
+    /// otherwise the container goes to CrashLoopBackOff (Some(false)). None: nothing ended.
+    fn reap(&mut self, ctx: &PodCtx, init: bool) -> Option<bool> {
+        let exit = self.child.as_mut()?.try_wait().ok()??;
+        let signal = std::os::unix::process::ExitStatusExt::signal(&exit).unwrap_or(9);
+        let code = exit.code().unwrap_or(128 + signal);
+        let started = match &self.state {
+            State::Running { started } => started.clone(),
+            _ => verbs::now(),
+        };
+        if let Some(g) = self.pgid.take() {
+            ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
+                e.groups.remove(&g);
+            });
+        }
+        self.child = None;
+        self.ready = false;
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        let done = State::Terminated { code, reason: reason.into(), started, finished: verbs::now() };
+        if init && code == 0 {
+            self.state = done;
+            return Some(true);
+        }
+        self.last = Some(done);
+        self.crash_loop(ctx, String::new());
+        Some(false)
+    }
+
+    /// Waits before the next start, as the kubelet's back-off does (shorter here).
+    fn crash_loop(&mut self, ctx: &PodCtx, message: String) {
+        self.restarts += 1;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        let message = if message.is_empty() {
+            format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                self.backoff.as_secs(),
+                self.name,
+                ctx.name,
+                ctx.ns,
+                ctx.uid
+            )
+        } else {
+            message
+        };
+        self.state = State::Waiting { reason: "CrashLoopBackOff".into(), message };
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+    }
+
+    /// The image is not there: ErrImagePull, then ImagePullBackOff (the kubelet keeps trying).
+    fn pull_failed(&mut self) {
+        self.pull_failures += 1;
+        let full = full_image_name(&self.image);
+        self.state = if self.pull_failures < 10 {
+            State::Waiting {
+                reason: "ErrImagePull".into(),
+                message: format!(
+                    "rpc error: code = NotFound desc = failed to pull and unpack image {full:?}: failed to resolve reference {full:?}: {full}: not found"
+                ),
+            }
+        } else {
+            State::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: format!("Back-off pulling image {:?}", self.image),
+            }
+        };
+    }
+
+    /// Starts the container (a process, or nothing for an app image's own entrypoint); for an
+    /// init container that has nothing to run returns true (completed).
+    fn start(&mut self, ctx: &PodCtx, image: &Image, init: bool) -> bool {
+        let root = match image {
+            Image::Agent => None,
+            Image::Root(root) => Some(root.as_path()),
+        };
+        let command: Vec<String> = strings(&self.spec["command"]);
+        if root.is_some() && command.is_empty() {
+            // The app image's own entrypoint: not run, reported as running.
+            let now = verbs::now();
+            if init {
+                self.state =
+                    State::Terminated { code: 0, reason: "Completed".into(), started: now.clone(), finished: now };
+                return true;
+            }
+            self.virtual_run = true;
+            self.ready = true;
+            self.id = format!("{:016x}", verbs::random());
+            self.state = State::Running { started: now };
+            return false;
+        }
+        let mounts: Vec<(String, PathBuf)> = self.spec["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let host = ctx.volumes.get(m["name"].as_str()?)?;
+                let host = match m["subPath"].as_str() {
+                    Some(sub) if !sub.is_empty() => host.join(sub),
+                    _ => host.clone(),
+                };
+                Some((m["mountPath"].as_str()?.to_owned(), host))
+            })
+            .collect();
+        let map = |a: &str| map_arg(a, &mounts, root, ctx.ip);
+        let (program, mut args) = if command.is_empty() {
+            (ctx.shared.agent_binary.display().to_string(), Vec::new())
+        } else {
+            (map(&command[0]), command[1..].iter().map(|a| map(a)).collect())
+        };
+        args.extend(strings(&self.spec["args"]).iter().map(|a| map(a)));
+        match self.spawn(ctx, &program, &args, root) {
+            Ok(child) => {
+                let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+                if let Some(g) = pgid {
+                    ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
+                        e.groups.insert(g);
+                    });
+                }
+                self.pgid = pgid;
+                self.child = Some(child);
+                self.id = format!("{:016x}", verbs::random());
+                self.state = State::Running { started: verbs::now() };
+                self.ready = false;
+            }
+            Err(e) => {
+                let now = verbs::now();
+                self.last = Some(State::Terminated {
+                    code: 128,
+                    reason: "StartError".into(),
+                    started: now.clone(),
+                    finished: now,
+                });
+                self.crash_loop(ctx, format!("failed to create containerd task: exec: {program:?}: {e}"));
+            }
+        }
+        false
+    }
+
+    /// The process: in its own process group, output appended to the container's log file.
+    fn spawn(
+        &self,
+        ctx: &PodCtx,
+        program: &str,
+        args: &[String],
+        root: Option<&Path>,
+    ) -> std::io::Result<tokio::process::Child> {
+        let logs = ctx.dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log_path = logs.join(format!("{}.log", self.name));
+        ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
+            e.logs.insert(self.name.clone(), log_path.clone());
+        });
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(root.filter(|r| r.is_dir()).unwrap_or(&ctx.dir))
+            .env("HOSTNAME", &ctx.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(true);
+        for e in self.spec["env"].as_array().into_iter().flatten() {
+            let Some(k) = e["name"].as_str() else { continue };
+            let v = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+                (Some(v), _) => v.to_owned(),
+                (None, Some("metadata.name")) => ctx.name.clone(),
+                (None, Some("metadata.namespace")) => ctx.ns.clone(),
+                (None, Some("status.podIP")) => ctx.ip.to_string(),
+                (None, Some("spec.nodeName")) => NODE.to_owned(),
+                _ => String::new(),
+            };
+            cmd.env(k, v);
+        }
+        cmd.spawn()
+    }
+
     fn status(&self, image_known: bool) -> Value {
         let mut s = json!({
             "name": self.name,
@@ -207,6 +383,17 @@ impl Container {
         }
         s
     }
+}
+
+/// What a container needs of its pod.
+struct PodCtx {
+    shared: Arc<Shared>,
+    ns: String,
+    name: String,
+    uid: String,
+    ip: Ipv4Addr,
+    dir: PathBuf,
+    volumes: BTreeMap<String, PathBuf>,
 }
 
 struct Worker {
@@ -260,15 +447,11 @@ impl Worker {
         }
     }
 
-    fn pods(&self) -> &'static super::resources::Resource {
-        by_plural("", "pods")
-    }
-
     /// The pod as stored now, if it is still this pod.
     fn current(&self) -> Option<Value> {
         self.shared
             .store()
-            .get(self.pods(), &self.ns, &self.name)
+            .get(pods_res(), &self.ns, &self.name)
             .filter(|p| p["metadata"]["uid"] == self.uid.as_str())
             .cloned()
     }
@@ -302,8 +485,8 @@ impl Worker {
             json!([{"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}]);
         self.times.insert("PodScheduled", (true, now));
         let mut store = self.shared.store();
-        if store.get(self.pods(), &self.ns, &self.name).is_some_and(|p| p["metadata"]["uid"] == self.uid.as_str()) {
-            store.replace(self.pods(), &self.ns, pod);
+        if store.get(pods_res(), &self.ns, &self.name).is_some_and(|p| p["metadata"]["uid"] == self.uid.as_str()) {
+            store.replace(pods_res(), &self.ns, pod);
         }
     }
 
@@ -325,7 +508,7 @@ impl Worker {
         }
         if self.init_done < self.init.len() {
             let i = self.init_done;
-            if self.drive(i, true).await {
+            if self.drive(i, true) {
                 self.init_done += 1;
                 for c in &mut self.main {
                     if matches!(c.state, State::Waiting { .. }) && c.restarts == 0 && self.init_done == self.init.len()
@@ -337,57 +520,30 @@ impl Worker {
             return;
         }
         for i in 0..self.main.len() {
-            self.drive(i, false).await;
+            self.drive(i, false);
         }
         self.probe().await;
     }
 
+    /// What a container needs to know of its pod.
+    fn ctx(&self) -> PodCtx {
+        PodCtx {
+            shared: self.shared.clone(),
+            ns: self.ns.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            ip: self.ip.unwrap_or(Ipv4Addr::LOCALHOST),
+            dir: self.dir.clone(),
+            volumes: self.volumes.clone(),
+        }
+    }
+
     /// Advances one container; for init containers returns true once it completed.
-    async fn drive(&mut self, i: usize, init: bool) -> bool {
-        let ip = self.ip.unwrap_or(Ipv4Addr::LOCALHOST);
-        let image = {
-            let c = if init { &self.init[i] } else { &self.main[i] };
-            self.shared.image(&c.image)
-        };
-        let volumes = self.volumes.clone();
-        let (dir, ns, name, uid) = (self.dir.clone(), self.ns.clone(), self.name.clone(), self.uid.clone());
-        let shared = self.shared.clone();
+    fn drive(&mut self, i: usize, init: bool) -> bool {
+        let ctx = self.ctx();
         let c = if init { &mut self.init[i] } else { &mut self.main[i] };
-        // A process that ended.
-        if let Some(child) = c.child.as_mut()
-            && let Ok(Some(exit)) = child.try_wait()
-        {
-            let code = exit.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&exit).unwrap_or(9));
-            let started = match &c.state {
-                State::Running { started } => started.clone(),
-                _ => verbs::now(),
-            };
-            if let Some(g) = c.pgid.take() {
-                shared.kubelet.with(&ns, &name, &uid, |e| {
-                    e.groups.remove(&g);
-                });
-            }
-            c.child = None;
-            c.ready = false;
-            let reason = if code == 0 { "Completed" } else { "Error" };
-            let done = State::Terminated { code, reason: reason.into(), started, finished: verbs::now() };
-            if init && code == 0 {
-                c.state = done;
-                return true;
-            }
-            c.last = Some(done);
-            c.restarts += 1;
-            c.retry_at = Some(Instant::now() + c.backoff);
-            c.state = State::Waiting {
-                reason: "CrashLoopBackOff".into(),
-                message: format!(
-                    "back-off {}s restarting failed container={} pod={name}_{ns}({uid})",
-                    c.backoff.as_secs(),
-                    c.name
-                ),
-            };
-            c.backoff = (c.backoff * 2).min(Duration::from_secs(10));
-            return false;
+        if let Some(completed) = c.reap(&ctx, init) {
+            return completed;
         }
         if c.child.is_some() || c.virtual_run {
             return false;
@@ -398,123 +554,13 @@ impl Worker {
         if c.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        let Some(root) = image else {
-            c.pull_failures += 1;
-            let full = full_image_name(&c.image);
-            c.state = if c.pull_failures < 10 {
-                State::Waiting {
-                    reason: "ErrImagePull".into(),
-                    message: format!(
-                        "rpc error: code = NotFound desc = failed to pull and unpack image {full:?}: failed to resolve reference {full:?}: {full}: not found"
-                    ),
-                }
-            } else {
-                State::Waiting {
-                    reason: "ImagePullBackOff".into(),
-                    message: format!("Back-off pulling image {:?}", c.image),
-                }
-            };
-            return false;
-        };
-        let is_agent = root.is_none();
-        let command: Vec<String> = strings(&c.spec["command"]);
-        if !is_agent && command.is_empty() {
-            // The app image's own entrypoint: not run, reported as running.
-            if init {
-                let now = verbs::now();
-                c.state =
-                    State::Terminated { code: 0, reason: "Completed".into(), started: now.clone(), finished: now };
-                return true;
+        match ctx.shared.image(&c.image) {
+            None => {
+                c.pull_failed();
+                false
             }
-            c.virtual_run = true;
-            c.ready = true;
-            c.id = format!("{:016x}", verbs::random());
-            c.state = State::Running { started: verbs::now() };
-            return false;
+            Some(image) => c.start(&ctx, &image, init),
         }
-        let mounts: Vec<(String, PathBuf)> = c.spec["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| {
-                let host = volumes.get(m["name"].as_str()?)?;
-                let host = match m["subPath"].as_str() {
-                    Some(sub) if !sub.is_empty() => host.join(sub),
-                    _ => host.clone(),
-                };
-                Some((m["mountPath"].as_str()?.to_owned(), host))
-            })
-            .collect();
-        let map = |a: &str| map_arg(a, &mounts, root.as_deref(), ip);
-        let (program, mut args) = if command.is_empty() {
-            (shared.agent_binary.display().to_string(), Vec::new())
-        } else {
-            (map(&command[0]), command[1..].iter().map(|a| map(a)).collect())
-        };
-        args.extend(strings(&c.spec["args"]).iter().map(|a| map(a)));
-        let log_path = dir.join("logs").join(format!("{}.log", c.name));
-        let _ = std::fs::create_dir_all(dir.join("logs"));
-        shared.kubelet.with(&ns, &name, &uid, |e| {
-            e.logs.insert(c.name.clone(), log_path.clone());
-        });
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&args)
-            .current_dir(root.clone().filter(|r| r.is_dir()).unwrap_or_else(|| dir.clone()))
-            .env("HOSTNAME", &name)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        for e in c.spec["env"].as_array().into_iter().flatten() {
-            let Some(k) = e["name"].as_str() else { continue };
-            let v = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
-                (Some(v), _) => v.to_owned(),
-                (None, Some("metadata.name")) => name.clone(),
-                (None, Some("metadata.namespace")) => ns.clone(),
-                (None, Some("status.podIP")) => ip.to_string(),
-                (None, Some("spec.nodeName")) => NODE.to_owned(),
-                _ => String::new(),
-            };
-            cmd.env(k, v);
-        }
-        if let Ok(f) = log {
-            if let Ok(f2) = f.try_clone() {
-                cmd.stdout(Stdio::from(f2));
-            }
-            cmd.stderr(Stdio::from(f));
-        }
-        match cmd.spawn() {
-            Ok(child) => {
-                let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-                if let Some(g) = pgid {
-                    shared.kubelet.with(&ns, &name, &uid, |e| {
-                        e.groups.insert(g);
-                    });
-                }
-                c.pgid = pgid;
-                c.child = Some(child);
-                c.id = format!("{:016x}", verbs::random());
-                c.state = State::Running { started: verbs::now() };
-                c.ready = false;
-            }
-            Err(e) => {
-                let now = verbs::now();
-                c.last = Some(State::Terminated {
-                    code: 128,
-                    reason: "StartError".into(),
-                    started: now.clone(),
-                    finished: now,
-                });
-                c.restarts += 1;
-                c.retry_at = Some(Instant::now() + c.backoff);
-                c.backoff = (c.backoff * 2).min(Duration::from_secs(10));
-                c.state = State::Waiting {
-                    reason: "CrashLoopBackOff".into(),
-                    message: format!("failed to create containerd task: exec: {program:?}: {e}"),
-                };
-            }
-        }
-        false
     }
 
     /// Readiness of run containers: their declared TCP ports accept a connection.
@@ -646,8 +692,8 @@ impl Worker {
         if let Some(p) = self.current() {
             self.publish(&p);
             let mut store = self.shared.store();
-            if store.get(self.pods(), &self.ns, &self.name).is_some_and(|p| p["metadata"]["uid"] == self.uid.as_str()) {
-                store.remove(self.pods(), &self.ns, &self.name);
+            if store.get(pods_res(), &self.ns, &self.name).is_some_and(|p| p["metadata"]["uid"] == self.uid.as_str()) {
+                store.remove(pods_res(), &self.ns, &self.name);
             }
         }
         self.shared.kubelet.forget(&self.ns, &self.name, &self.uid);
@@ -715,16 +761,20 @@ impl Worker {
         }
         let mut store = self.shared.store();
         let Some(mut current) =
-            store.get(self.pods(), &self.ns, &self.name).filter(|p| p["metadata"]["uid"] == self.uid.as_str()).cloned()
+            store.get(pods_res(), &self.ns, &self.name).filter(|p| p["metadata"]["uid"] == self.uid.as_str()).cloned()
         else {
             return;
         };
         if current["status"] != status {
             current["status"] = status.clone();
-            store.replace(self.pods(), &self.ns, current);
+            store.replace(pods_res(), &self.ns, current);
         }
         self.last_status = status;
     }
+}
+
+fn pods_res() -> &'static super::resources::Resource {
+    by_plural("", "pods")
 }
 
 /// `nginx:1` → `docker.io/library/nginx:1`, as containerd names what it pulls.

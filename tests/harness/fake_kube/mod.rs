@@ -27,6 +27,7 @@ mod verbs;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -54,37 +55,45 @@ pub struct FakeOptions {
 
 /// State shared by the server, the controllers, the kubelet and the handle.
 pub(crate) struct Shared {
-    pub store: Mutex<Store>,
-    pub denied: Mutex<BTreeSet<(String, String)>>,
-    pub requests: Mutex<Vec<(String, String)>>,
-    pub images: Mutex<BTreeMap<String, PathBuf>>,
-    pub agent_binary: PathBuf,
-    pub token: String,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) denied: Mutex<BTreeSet<(String, String)>>,
+    pub(crate) requests: Mutex<Vec<(String, String)>>,
+    pub(crate) images: Mutex<BTreeMap<String, PathBuf>>,
+    pub(crate) agent_binary: PathBuf,
+    pub(crate) token: String,
     /// Where pods' volumes and logs live.
-    pub dir: PathBuf,
-    pub kubelet: kubelet::Registry,
+    pub(crate) dir: PathBuf,
+    pub(crate) kubelet: kubelet::Registry,
 }
 
 impl Shared {
-    pub fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock is a bug in the fake; keep serving what is there.
         self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether `deny` forbade `verb` on `resource` (`pods`, `pods/portforward`; `*` matches all).
-    pub fn is_denied(&self, verb: &str, resource: &str) -> bool {
+    pub(crate) fn is_denied(&self, verb: &str, resource: &str) -> bool {
         let denied = self.denied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         denied.iter().any(|(v, r)| (v == verb || v == "*") && (r == resource || r == "*"))
     }
 
-    /// The image's root directory, if the image "exists"; `Some(None)` for the agent image.
-    pub fn image(&self, name: &str) -> Option<Option<PathBuf>> {
+    /// The image, if it "exists" (can be pulled).
+    pub(crate) fn image(&self, name: &str) -> Option<Image> {
         if name.starts_with("hotsync-agent:") || name.contains("/hotsync-agent:") {
-            return Some(None);
+            return Some(Image::Agent);
         }
         let images = self.images.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        images.get(name).map(|p| Some(p.clone()))
+        images.get(name).map(|p| Image::Root(p.clone()))
     }
+}
+
+/// An image the kubelet can "pull".
+pub(crate) enum Image {
+    /// `hotsync-agent:*`: its entrypoint is the agent binary; it has no files of its own.
+    Agent,
+    /// An app image: this directory is its root filesystem.
+    Root(PathBuf),
 }
 
 /// A running fake cluster. Dropping it stops the server and kills every process it started.
@@ -318,24 +327,26 @@ impl FakeCluster {
         let store = self.shared.store();
         let mut out = String::new();
         for d in store.list(resources::by_plural("apps", "deployments"), None) {
-            out.push_str(&format!(
-                "deployment {}/{}: spec.replicas={} status={}\n",
+            let _ = writeln!(
+                out,
+                "deployment {}/{}: spec.replicas={} status={}",
                 d["metadata"]["namespace"].as_str().unwrap_or_default(),
                 d["metadata"]["name"].as_str().unwrap_or_default(),
                 d["spec"]["replicas"],
                 d["status"]
-            ));
+            );
         }
         for p in store.list(pods(), None) {
-            out.push_str(&format!(
-                "pod {}/{}: phase={} deleting={} ready={} statuses={}\n",
+            let _ = writeln!(
+                out,
+                "pod {}/{}: phase={} deleting={} ready={} statuses={}",
                 p["metadata"]["namespace"].as_str().unwrap_or_default(),
                 p["metadata"]["name"].as_str().unwrap_or_default(),
                 p["status"]["phase"],
                 !p["metadata"]["deletionTimestamp"].is_null(),
                 is_ready(p),
                 json!([p["status"]["initContainerStatuses"], p["status"]["containerStatuses"]])
-            ));
+            );
         }
         out
     }

@@ -3,8 +3,6 @@
 //! error 2i+1), each opened with the port as two little-endian bytes, bytes piped to a TCP
 //! connection to POD_IP:PORT, a dial failure reported on the error channel.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, header};
@@ -24,14 +22,8 @@ use super::server::{Body, Query, full};
 /// Subprotocols the kubelet's port-forward accepts, binary ones only (base64 is not served).
 const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "portforward.k8s.io"];
 
-pub(crate) fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-    ns: &str,
-    name: &str,
-    query: &Query,
-) -> Response<Body> {
-    match prepare(&shared, &req, ns, name, query) {
+pub(crate) fn handle(shared: &Shared, req: Request<Incoming>, ns: &str, name: &str, query: &Query) -> Response<Body> {
+    match prepare(shared, &req, ns, name, query) {
         Err(e) => e.response(),
         Ok((ip, ports, protocol, accept)) => {
             let pod = name.to_owned();

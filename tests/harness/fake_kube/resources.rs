@@ -8,27 +8,27 @@ use serde_json::Value;
 /// One served resource.
 #[derive(Debug)]
 pub(crate) struct Resource {
-    pub group: &'static str,
-    pub version: &'static str,
-    pub plural: &'static str,
-    pub kind: &'static str,
-    pub namespaced: bool,
+    pub(crate) group: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) plural: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) namespaced: bool,
     /// Decodes the object as its typed form; the error is serde's message.
-    pub decode: fn(&Value) -> Result<(), String>,
+    pub(crate) decode: fn(&Value) -> Result<(), String>,
 }
 
 impl Resource {
     /// `deployments.apps`, or `pods` for the core group: how messages name the resource.
-    pub fn qualified(&self) -> String {
+    pub(crate) fn qualified(&self) -> String {
         if self.group.is_empty() { self.plural.to_owned() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     /// `apps/v1`, or `v1` for the core group.
-    pub fn api_version(&self) -> String {
+    pub(crate) fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
     }
 
-    pub fn is(&self, group: &str, plural: &str) -> bool {
+    pub(crate) fn is(&self, group: &str, plural: &str) -> bool {
         self.group == group && self.plural == plural
     }
 }

@@ -22,7 +22,7 @@ pub(crate) struct LabelSelector(Vec<Requirement>);
 
 impl LabelSelector {
     /// Parses `a=b,c!=d,e in (f,g),h notin (i),j,!k`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let mut reqs = Vec::new();
         for term in split_terms(s) {
             let term = term.trim();
@@ -35,7 +35,7 @@ impl LabelSelector {
     }
 
     /// From a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`).
-    pub fn from_object(sel: &Value) -> Result<Self, String> {
+    pub(crate) fn from_object(sel: &Value) -> Result<Self, String> {
         let mut reqs = Vec::new();
         if let Some(m) = sel["matchLabels"].as_object() {
             for (k, v) in m {
@@ -57,11 +57,11 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
             Requirement::Equals(k, v) => labels.get(k) == Some(v),
             Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
@@ -73,7 +73,7 @@ impl LabelSelector {
     }
 
     /// Matches an object's `metadata.labels`.
-    pub fn matches_object(&self, obj: &Value) -> bool {
+    pub(crate) fn matches_object(&self, obj: &Value) -> bool {
         self.matches(&labels_of(obj))
     }
 }
@@ -153,7 +153,7 @@ pub(crate) struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
     /// Parses the selector; only fields the real server supports for `kind` are accepted.
-    pub fn parse(s: &str, kind: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str, kind: &str) -> Result<Self, String> {
         let mut out = Vec::new();
         for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, eq, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -178,7 +178,7 @@ impl FieldSelector {
         Ok(Self(out))
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, eq, value)| {
             let mut v = obj;
             for part in field.split('.') {

@@ -47,7 +47,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         listener: std::net::TcpListener,
         cert_pem: &str,
@@ -67,7 +67,7 @@ impl Server {
         Ok(Self { shared, listener, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
     }
 
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         loop {
             let Ok((tcp, _)) = self.listener.accept().await else { continue };
             let acceptor = self.acceptor.clone();
@@ -90,10 +90,10 @@ impl Server {
 /// What a path names.
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub res: &'static Resource,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub subresource: Option<String>,
+    pub(crate) res: &'static Resource,
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) subresource: Option<String>,
 }
 
 /// Parses an API path (`/api/v1/namespaces/NS/pods/NAME/portforward`…).
@@ -175,13 +175,13 @@ fn percent_decode(s: &str) -> String {
 pub(crate) struct Query(pub Vec<(String, String)>);
 
 impl Query {
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
-    pub fn all(&self, key: &str) -> impl Iterator<Item = &str> {
+    pub(crate) fn all(&self, key: &str) -> impl Iterator<Item = &str> {
         self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
     }
-    pub fn flag(&self, key: &str) -> bool {
+    pub(crate) fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("true" | "1"))
     }
 }
@@ -266,6 +266,8 @@ fn json_body(parts: &http::request::Parts, body: &[u8]) -> Result<Value, ApiErro
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(&format!("error decoding body: {e}")))
 }
 
+// One match over methods and subresources: it reads as the API's table of verbs.
+#[allow(clippy::too_many_lines)]
 async fn serve(
     shared: &Arc<Shared>,
     target: Target,
@@ -294,7 +296,7 @@ async fn serve(
         }
         (Method::GET, None, None) => list(shared, res, target.namespace.as_deref(), &query),
         (Method::GET, Some(name), Some("portforward")) if res.is("", "pods") => {
-            Ok(portforward::handle(shared.clone(), req, &ns, &name, &query))
+            Ok(portforward::handle(shared, req, &ns, &name, &query))
         }
         (Method::GET, Some(name), Some("log")) if res.is("", "pods") => {
             let container = query.get("container").unwrap_or_default().to_owned();
@@ -410,7 +412,7 @@ async fn serve(
                     items.push(o);
                 }
             }
-            Ok(json_response(200, &list_body(res, store.rv(), items)))
+            Ok(json_response(200, &list_body(res, store.rv(), &items)))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
@@ -441,7 +443,7 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-pub(crate) fn list_body(res: &Resource, rv: u64, items: Vec<Value>) -> Value {
+pub(crate) fn list_body(res: &Resource, rv: u64, items: &[Value]) -> Value {
     json!({
         "kind": format!("{}List", res.kind),
         "apiVersion": res.api_version(),
@@ -477,7 +479,7 @@ fn list(shared: &Shared, res: &'static Resource, ns: Option<&str>, query: &Query
             o
         })
         .collect();
-    Ok(json_response(200, &list_body(res, store.rv(), items)))
+    Ok(json_response(200, &list_body(res, store.rv(), &items)))
 }
 
 /// `/version`, `/api`, `/apis` and the group-version resource lists.

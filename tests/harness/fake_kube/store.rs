@@ -23,7 +23,7 @@ pub(crate) enum EventType {
 }
 
 impl EventType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Added => "ADDED",
             Self::Modified => "MODIFIED",
@@ -35,15 +35,15 @@ impl EventType {
 /// One write, as the log keeps it.
 #[derive(Debug)]
 pub(crate) struct Event {
-    pub rv: u64,
-    pub res: usize,
-    pub namespace: String,
-    pub kind: EventType,
+    pub(crate) rv: u64,
+    pub(crate) res: usize,
+    pub(crate) namespace: String,
+    pub(crate) kind: EventType,
     /// The object after the write (for a deletion: as it was, with the deletion's rv).
-    pub object: Value,
+    pub(crate) object: Value,
     /// The object before the write, for watches with selectors (a MODIFIED that leaves the
     /// selection is a DELETED for them).
-    pub prev: Option<Value>,
+    pub(crate) prev: Option<Value>,
 }
 
 type Key = (usize, String, String);
@@ -61,22 +61,22 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, _) = broadcast::channel(65_536);
         Self { objects: BTreeMap::new(), rv: 0, log: VecDeque::new(), compacted: 0, tx }
     }
 
     /// The current resourceVersion (that of the last write).
-    pub fn rv(&self) -> u64 {
+    pub(crate) fn rv(&self) -> u64 {
         self.rv
     }
 
-    pub fn get(&self, res: &Resource, ns: &str, name: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, res: &Resource, ns: &str, name: &str) -> Option<&Value> {
         self.objects.get(&(index_of(res), ns.to_owned(), name.to_owned()))
     }
 
     /// Objects of `res`, in one namespace or (None) in all, ordered by namespace and name.
-    pub fn list(&self, res: &Resource, ns: Option<&str>) -> Vec<&Value> {
+    pub(crate) fn list(&self, res: &Resource, ns: Option<&str>) -> Vec<&Value> {
         let idx = index_of(res);
         self.objects
             .range((idx, String::new(), String::new())..)
@@ -87,12 +87,12 @@ impl Store {
     }
 
     /// Objects of every resource in `ns` (for namespace deletion).
-    pub fn keys_in_namespace(&self, ns: &str) -> Vec<(&'static Resource, String)> {
+    pub(crate) fn keys_in_namespace(&self, ns: &str) -> Vec<(&'static Resource, String)> {
         self.objects.keys().filter(|(_, n, _)| n == ns).map(|(i, _, name)| (&RESOURCES[*i], name.clone())).collect()
     }
 
     /// Every object that has owner references: (resource, namespace, object).
-    pub fn owned(&self) -> Vec<(&'static Resource, &Value)> {
+    pub(crate) fn owned(&self) -> Vec<(&'static Resource, &Value)> {
         self.objects
             .iter()
             .filter(|(_, v)| v["metadata"]["ownerReferences"].as_array().is_some_and(|a| !a.is_empty()))
@@ -101,12 +101,12 @@ impl Store {
     }
 
     /// Whether any object has this uid.
-    pub fn uid_exists(&self, uid: &str) -> bool {
+    pub(crate) fn uid_exists(&self, uid: &str) -> bool {
         self.objects.values().any(|v| v["metadata"]["uid"] == uid)
     }
 
     /// Stores a new object (the caller checked it does not exist); returns it with its rv.
-    pub fn insert(&mut self, res: &Resource, ns: &str, mut obj: Value) -> Value {
+    pub(crate) fn insert(&mut self, res: &Resource, ns: &str, mut obj: Value) -> Value {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -116,7 +116,7 @@ impl Store {
     }
 
     /// Replaces an existing object; returns it with its new rv.
-    pub fn replace(&mut self, res: &Resource, ns: &str, mut obj: Value) -> Value {
+    pub(crate) fn replace(&mut self, res: &Resource, ns: &str, mut obj: Value) -> Value {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -126,7 +126,7 @@ impl Store {
     }
 
     /// Removes an object; the DELETED event (and the returned object) carry a new rv.
-    pub fn remove(&mut self, res: &Resource, ns: &str, name: &str) -> Option<Value> {
+    pub(crate) fn remove(&mut self, res: &Resource, ns: &str, name: &str) -> Option<Value> {
         let mut obj = self.objects.remove(&(index_of(res), ns.to_owned(), name.to_owned()))?;
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -148,7 +148,7 @@ impl Store {
 
     /// Every logged event after `rv`, and a receiver for the ones to come (taken together, so
     /// none is missed or seen twice). Err(oldest available rv) when `rv` is too old.
-    pub fn since(&self, rv: u64) -> Result<Replay, u64> {
+    pub(crate) fn since(&self, rv: u64) -> Result<Replay, u64> {
         if rv < self.compacted {
             return Err(self.compacted + 1);
         }
@@ -157,13 +157,13 @@ impl Store {
     }
 
     /// A receiver for events to come.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }
 
     /// Forgets the event log, as an etcd compaction does: watches from any resourceVersion
     /// before now get 410 Expired.
-    pub fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         self.log.clear();
         self.compacted = self.rv;
     }

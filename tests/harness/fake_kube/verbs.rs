@@ -19,7 +19,7 @@ pub(crate) fn now() -> String {
 
 /// Seconds since the epoch of an API timestamp.
 pub(crate) fn parse_time(s: &str) -> Option<i64> {
-    s.parse::<k8s_openapi::jiff::Timestamp>().ok().map(|t| t.as_second())
+    s.parse::<k8s_openapi::jiff::Timestamp>().ok().map(k8s_openapi::jiff::Timestamp::as_second)
 }
 
 /// A pseudo-random number (xorshift, seeded from the clock and the process id).
