@@ -503,3 +503,261 @@ async fn an_injected_pod_runs_the_real_agent_and_port_forward_reaches_it() {
     let e = forward_error(pods.portforward("nope", &[7470]).await);
     assert_eq!((e.code, e.message.as_str()), (404, r#"pods "nope" not found"#));
 }
+
+#[tokio::test]
+async fn unknown_fields_are_dropped_with_a_warning_or_refused_when_strict() {
+    let (cluster, _image) = cluster();
+    let client = client(cluster.kubeconfig()).await;
+    let deploys: Api<Deployment> = Api::default_namespaced(client.clone());
+    let mut d = deployment("web", 0);
+    d["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = json!([{"name": "typo", "mountPath": "/x"}]);
+    // Through a raw request, as the typed client would drop the field itself.
+    let req = http::Request::post("/apis/apps/v1/namespaces/default/deployments")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&d).unwrap())
+        .unwrap();
+    let stored: Value = client.request(req).await.unwrap();
+    assert!(stored["spec"]["template"]["spec"]["containers"][0].get("volumeMount").is_none(), "the server drops it");
+    let logged = cluster.get("/apis/apps/v1/namespaces/default/deployments/web").unwrap();
+    assert!(logged["spec"]["template"]["spec"]["containers"][0].get("volumeMount").is_none());
+
+    let strict =
+        PatchParams { field_validation: Some(kube::api::ValidationDirective::Strict), ..PatchParams::default() };
+    let e = api_error(deploys.patch("web", &strict, &Patch::Merge(json!({"spec": {"replica": 2}}))).await.unwrap_err());
+    assert_eq!((e.code, e.message.as_str()), (400, r#"strict decoding error: unknown field "spec.replica""#));
+
+    // A Secret's stringData lands in data.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(client);
+    let s = serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}})).unwrap();
+    let s = secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(s.data.unwrap()["k"].0, b"v");
+    assert!(s.string_data.is_none());
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+}
+
+#[tokio::test]
+async fn pods_are_immutable_but_for_images_and_unknown_paths_get_the_plain_404() {
+    let (cluster, _image) = cluster();
+    let client = client(cluster.kubeconfig()).await;
+    cluster.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": APP_IMAGE}]},
+    }));
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let e = api_error(
+        pods.patch("p", &PatchParams::default(), &Patch::Merge(json!({"spec": {"shareProcessNamespace": true}})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message.starts_with(r#"Pod "p" is invalid: spec: Forbidden: pod updates may not change fields"#),
+        "{}",
+        e.message
+    );
+    let image = json!({"spec": {"containers": [{"name": "c", "image": "registry.example/web:2"}]}});
+    pods.patch("p", &PatchParams::default(), &Patch::Merge(image)).await.unwrap();
+
+    let e = api_error(
+        Api::<Pod>::namespaced(client.clone(), "nowhere")
+            .create(
+                &PostParams::default(),
+                &Pod {
+                    metadata: kube::api::ObjectMeta { name: Some("x".into()), ..Default::default() },
+                    spec: Some(
+                        serde_json::from_value(json!({"containers": [{"name": "c", "image": APP_IMAGE}]})).unwrap(),
+                    ),
+                    ..Pod::default()
+                },
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.message.as_str()), (404, r#"namespaces "nowhere" not found"#));
+
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.major, "1");
+    let req = http::Request::get("/apis/widgets.example/v1/widgets").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await;
+    assert!(matches!(text, Err(kube::Error::Api(s)) if s.code == 404), "an unknown path is a 404");
+}
+
+#[test]
+fn a_crashing_container_backs_off_with_a_rising_restart_count() {
+    let (cluster, _image) = cluster();
+    cluster.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crash"},
+        "spec": {"containers": [{"name": "c", "image": APP_IMAGE, "command": ["/bin/sh", "-c", "echo dying >&2; exit 3"]}]},
+    }));
+    cluster.wait_for("two restarts in CrashLoopBackOff", |c| {
+        c.pods("default", "").iter().any(|p| {
+            let s = &p["status"]["containerStatuses"][0];
+            s["restartCount"].as_i64().unwrap_or(0) >= 2
+                && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                && s["lastState"]["terminated"]["exitCode"] == 3
+                && !is_ready(p)
+        })
+    });
+    assert!(cluster.container_log("default", "crash", "c").contains("dying"));
+}
+
+/// A deployment whose template is what `hotsync attach` makes of `web`.
+fn injected_deployment(name: &str) -> Value {
+    let pod = injected_pod(name);
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": pod["spec"]},
+        },
+    })
+}
+
+#[tokio::test]
+async fn a_deleted_pod_stops_its_agent_gracefully_and_a_replacement_takes_over() {
+    let (cluster, _image) = cluster();
+    cluster.create(credentials_secret());
+    cluster.create(injected_deployment("agent"));
+    let pods: Api<Pod> = Api::default_namespaced(client(cluster.kubeconfig()).await);
+    let ready = |c: &FakeCluster| c.ready_pods("default", "app=agent").len() == 1;
+    cluster.wait_for_async("the agent pod is ready", ready).await;
+    let old = cluster.pod_names("default", "app=agent").remove(0);
+    let old_ip = cluster.pod_ip("default", &old).unwrap();
+    assert!(std::net::TcpStream::connect((old_ip, 7470)).is_ok(), "the agent listens on the pod IP");
+
+    let rv = pods.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut events = pods.watch(&WatchParams::default().labels("app=agent"), &rv).await.unwrap().boxed();
+    cluster.delete_pod("default", &old);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|(k, n)| k == "DELETED" && *n == old) {
+        let e = tokio::time::timeout(PATIENCE, events.next()).await.unwrap().unwrap().unwrap();
+        let (kind, pod) = match e {
+            WatchEvent::Added(p) => ("ADDED", p),
+            WatchEvent::Modified(p) => ("MODIFIED", p),
+            WatchEvent::Deleted(p) => ("DELETED", p),
+            _ => continue,
+        };
+        let name = pod.metadata.name.clone().unwrap();
+        if name == old && kind == "MODIFIED" && pod.metadata.deletion_timestamp.is_some() {
+            seen.push(("TERMINATING".to_owned(), name));
+        } else {
+            seen.push((kind.to_owned(), name));
+        }
+    }
+    let first_terminating =
+        seen.iter().position(|(k, n)| k == "TERMINATING" && *n == old).expect("a MODIFIED with deletionTimestamp");
+    let deleted = seen.iter().position(|(k, n)| k == "DELETED" && *n == old).unwrap();
+    assert!(first_terminating < deleted, "{seen:?}");
+    assert!(std::net::TcpStream::connect((old_ip, 7470)).is_err(), "the agent was stopped");
+    assert!(cluster.pod_ip("default", &old).is_none() && cluster.pod_root("default", &old).is_none());
+    assert!(cluster.container_log("default", &old, "hotsync-agent").contains("listening"), "logs outlive the pod");
+
+    cluster.wait_for_async("a replacement is ready", ready).await;
+    let new = cluster.pod_names("default", "app=agent").remove(0);
+    assert_ne!(new, old);
+    let new_ip = cluster.pod_ip("default", &new).unwrap();
+    assert_ne!(new_ip, old_ip, "a new pod, a new IP");
+    let mut pf = pods.portforward(&new, &[7470]).await.unwrap();
+    assert!(pf.take_stream(7470).is_some());
+    pf.abort();
+}
+
+#[test]
+fn restoring_a_template_rolls_back_to_its_old_replicaset() {
+    let (cluster, _image) = cluster();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    cluster.create(deployment("web", 2));
+    cluster.wait_for("2 ready pods", |c| c.ready_pods("default", "app=web").len() == 2);
+    let hash = |c: &FakeCluster| -> Vec<String> {
+        c.pods("default", "app=web")
+            .iter()
+            .map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let original_hash = hash(&cluster)[0].clone();
+    let original = cluster.get(path).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deploys: Api<Deployment> = rt.block_on(async { Api::default_namespaced(client(cluster.kubeconfig()).await) });
+    let set_template = |template: &Value| {
+        let mut d = cluster.get(path).unwrap();
+        d["spec"]["template"] = template.clone();
+        rt.block_on(deploys.replace("web", &PostParams::default(), &serde_json::from_value(d).unwrap())).unwrap();
+    };
+    let mut changed = original["spec"]["template"].clone();
+    changed["spec"]["containers"][0]["env"] = json!([{"name": "X", "value": "1"}]);
+    set_template(&changed);
+    cluster.wait_for("the rollout to the new template", |c| {
+        let h = hash(c);
+        h.len() == 2 && h.iter().all(|h| *h != original_hash) && c.ready_pods("default", "app=web").len() == 2
+    });
+    set_template(&original["spec"]["template"]);
+    cluster.wait_for("the rollback to the original replicaset", |c| {
+        let h = hash(c);
+        h.len() == 2 && h.iter().all(|h| *h == original_hash) && c.ready_pods("default", "app=web").len() == 2
+    });
+    let rs = cluster.get(&format!("/apis/apps/v1/namespaces/default/replicasets/web-{original_hash}")).unwrap();
+    assert_eq!(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    assert_eq!(cluster.get(path).unwrap()["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+}
+
+#[test]
+fn a_rollout_of_a_missing_image_exceeds_its_progress_deadline() {
+    let (cluster, _image) = cluster();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    cluster.create(deployment("web", 1));
+    cluster.wait_for("1 ready pod", |c| c.ready_pods("default", "app=web").len() == 1);
+    let mut d = cluster.get(path).unwrap();
+    d["spec"]["progressDeadlineSeconds"] = json!(1);
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.example/web:does-not-exist");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let deploys: Api<Deployment> = Api::default_namespaced(client(cluster.kubeconfig()).await);
+        deploys.replace("web", &PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
+    });
+    cluster.wait_for("ProgressDeadlineExceeded", |c| {
+        c.get(path).unwrap()["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded")
+    });
+    assert_eq!(cluster.ready_pods("default", "app=web").len(), 1, "the old pod keeps serving");
+}
+
+#[test]
+fn statefulsets_and_daemonsets_make_their_pods() {
+    let (cluster, _image) = cluster();
+    let template = json!({
+        "metadata": {"labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "db", "image": APP_IMAGE}]},
+    });
+    cluster.create(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}}, "template": template},
+    }));
+    cluster.wait_for("db-0, db-1, db-2 ready", |c| {
+        let mut names: Vec<String> = c
+            .ready_pods("default", "app=db")
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names == ["db-0", "db-1", "db-2"]
+    });
+    let mut ds_template = template.clone();
+    ds_template["metadata"]["labels"] = json!({"app": "node-agent"});
+    cluster.create(json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "node-agent"},
+        "spec": {"selector": {"matchLabels": {"app": "node-agent"}}, "template": ds_template},
+    }));
+    cluster.wait_for("one daemon pod", |c| {
+        c.ready_pods("default", "app=node-agent").len() == 1
+            && c.get("/apis/apps/v1/namespaces/default/daemonsets/node-agent").unwrap()["status"]["numberReady"] == 1
+    });
+    cluster.wait_for("the statefulset's status", |c| {
+        let s = &c.get("/apis/apps/v1/namespaces/default/statefulsets/db").unwrap()["status"];
+        s["readyReplicas"] == 3 && s["updatedReplicas"] == 3 && s["currentRevision"] == s["updateRevision"]
+    });
+}

@@ -344,6 +344,40 @@ fn condition(old: &Value, kind: &str, status: &str, reason: &str, message: &str)
     json!({"type": kind, "status": status, "lastUpdateTime": update, "lastTransitionTime": transition, "reason": reason, "message": message})
 }
 
+/// The Progressing condition: updated at each step of progress; False with
+/// ProgressDeadlineExceeded after `progressDeadlineSeconds` without any.
+fn progressing(d: &Value, rs_name: &str, complete: bool, counts: [i64; 3]) -> Value {
+    let old = &d["status"];
+    if complete {
+        let msg = format!("ReplicaSet {rs_name:?} has successfully progressed.");
+        return condition(old, "Progressing", "True", "NewReplicaSetAvailable", &msg);
+    }
+    let before = [&old["replicas"], &old["updatedReplicas"], &old["readyReplicas"]].map(|v| v.as_i64().unwrap_or(0));
+    let progressed = before != counts || old["observedGeneration"] != d["metadata"]["generation"];
+    let prev = old["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"));
+    let msg = format!("ReplicaSet {rs_name:?} is progressing.");
+    match prev {
+        Some(p) if !progressed => {
+            let since = p["lastUpdateTime"].as_str().and_then(verbs::parse_time).unwrap_or(i64::MAX);
+            let deadline = d["spec"]["progressDeadlineSeconds"].as_i64().unwrap_or(600);
+            let now = k8s_openapi::jiff::Timestamp::now().as_second();
+            if p["reason"] == "ProgressDeadlineExceeded" || now.saturating_sub(since) > deadline {
+                let msg = format!("ReplicaSet {rs_name:?} has timed out progressing.");
+                condition(old, "Progressing", "False", "ProgressDeadlineExceeded", &msg)
+            } else if p["reason"] == "ReplicaSetUpdated" {
+                p.clone()
+            } else {
+                condition(old, "Progressing", "True", "ReplicaSetUpdated", &msg)
+            }
+        }
+        _ => {
+            let mut c = condition(old, "Progressing", "True", "ReplicaSetUpdated", &msg);
+            c["lastUpdateTime"] = json!(verbs::now());
+            c
+        }
+    }
+}
+
 fn deployment_status(store: &mut Store, ns: &str, name: &str) {
     let (dres, rsres) = (by_plural("apps", "deployments"), by_plural("apps", "replicasets"));
     let Some(d) = store.get(dres, ns, name).cloned() else { return };
@@ -375,17 +409,7 @@ fn deployment_status(store: &mut Store, ns: &str, name: &str) {
     }];
     let rs_name = new_rs.map(|rs| str_of(&rs["metadata"]["name"])).unwrap_or_default();
     let complete = updated == desired && total == desired && new_ready == desired;
-    conditions.push(if complete {
-        condition(
-            old,
-            "Progressing",
-            "True",
-            "NewReplicaSetAvailable",
-            &format!("ReplicaSet {rs_name:?} has successfully progressed."),
-        )
-    } else {
-        condition(old, "Progressing", "True", "ReplicaSetUpdated", &format!("ReplicaSet {rs_name:?} is progressing."))
-    });
+    conditions.push(progressing(&d, &rs_name, complete, [total, updated, ready]));
     if let Some(f) = new_rs
         .and_then(|rs| rs["status"]["conditions"].as_array())
         .and_then(|c| c.iter().find(|c| c["type"] == "ReplicaFailure"))

@@ -96,10 +96,15 @@ impl Registry {
         f(e);
     }
 
+    /// A pod is gone: no IP or volumes any more; its logs stay readable (until a pod of the
+    /// same name replaces them), for the test's failure messages.
     fn forget(&self, ns: &str, pod: &str, uid: &str) {
         let mut pods = self.lock();
-        if pods.get(&(ns.to_owned(), pod.to_owned())).is_some_and(|e| e.uid == uid) {
-            pods.remove(&(ns.to_owned(), pod.to_owned()));
+        if let Some(e) = pods.get_mut(&(ns.to_owned(), pod.to_owned()))
+            && e.uid == uid
+        {
+            e.ip = None;
+            e.volumes.clear();
         }
     }
 }
@@ -405,6 +410,9 @@ struct Worker {
     dir: PathBuf,
     volumes: BTreeMap<String, PathBuf>,
     volumes_ready: bool,
+    /// resourceVersion of the Secret or ConfigMap each volume was written from.
+    sources: BTreeMap<String, String>,
+    last_refresh: Option<Instant>,
     volume_message: String,
     init: Vec<Container>,
     main: Vec<Container>,
@@ -438,6 +446,8 @@ impl Worker {
             dir,
             volumes: BTreeMap::new(),
             volumes_ready: false,
+            sources: BTreeMap::new(),
+            last_refresh: None,
             volume_message: String::new(),
             init_done: 0,
             start_time: verbs::now(),
@@ -506,6 +516,7 @@ impl Worker {
                 }
             }
         }
+        self.refresh_volumes(pod);
         if self.init_done < self.init.len() {
             let i = self.init_done;
             if self.drive(i, true) {
@@ -603,40 +614,63 @@ impl Worker {
             let Some(vname) = v["name"].as_str() else { continue };
             let dir = self.dir.join("volumes").join(vname);
             let _ = std::fs::create_dir_all(&dir);
-            let mode = |src: &Value| src["defaultMode"].as_u64().map_or(0o644, |m| m as u32);
-            if v["secret"].is_object() {
-                let sname = v["secret"]["secretName"].as_str().unwrap_or_default();
-                let secret = self.shared.store().get(by_plural("", "secrets"), &self.ns, sname).cloned();
-                let Some(secret) = secret else {
-                    if v["secret"]["optional"] == true {
-                        made.insert(vname.to_owned(), dir);
-                        continue;
-                    }
-                    return Err(format!("MountVolume.SetUp failed for volume {vname:?} : secret {sname:?} not found"));
-                };
-                write_files(&dir, &secret, &v["secret"]["items"], mode(&v["secret"]), true);
-            } else if v["configMap"].is_object() {
-                let cname = v["configMap"]["name"].as_str().unwrap_or_default();
-                let cm = self.shared.store().get(by_plural("", "configmaps"), &self.ns, cname).cloned();
-                let Some(cm) = cm else {
-                    if v["configMap"]["optional"] == true {
-                        made.insert(vname.to_owned(), dir);
-                        continue;
-                    }
-                    return Err(format!(
-                        "MountVolume.SetUp failed for volume {vname:?} : configmap {cname:?} not found"
-                    ));
-                };
-                write_files(&dir, &cm, &v["configMap"]["items"], mode(&v["configMap"]), false);
-            } else if let Some(host) = v["hostPath"]["path"].as_str() {
+            if let Some(host) = v["hostPath"]["path"].as_str() {
                 made.insert(vname.to_owned(), PathBuf::from(host));
                 continue;
             }
+            self.fill(v, &dir)?;
             made.insert(vname.to_owned(), dir);
         }
         self.volumes = made.clone();
         self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.volumes = made);
         Ok(())
+    }
+
+    /// Writes a secret or configMap volume's files when its source changed (the kubelet
+    /// refreshes them too, atomically, within its sync period).
+    fn fill(&mut self, v: &Value, dir: &Path) -> Result<(), String> {
+        let vname = v["name"].as_str().unwrap_or_default();
+        let (source, res, name, base64) = if v["secret"].is_object() {
+            (&v["secret"], by_plural("", "secrets"), v["secret"]["secretName"].as_str().unwrap_or_default(), true)
+        } else if v["configMap"].is_object() {
+            (&v["configMap"], by_plural("", "configmaps"), v["configMap"]["name"].as_str().unwrap_or_default(), false)
+        } else {
+            return Ok(());
+        };
+        let obj = self.shared.store().get(res, &self.ns, name).cloned();
+        let Some(obj) = obj else {
+            if source["optional"] == true {
+                return Ok(());
+            }
+            let what = if base64 { "secret" } else { "configmap" };
+            return Err(format!("MountVolume.SetUp failed for volume {vname:?} : {what} {name:?} not found"));
+        };
+        let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+        if self.sources.get(vname) == Some(&rv) {
+            return Ok(());
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+            }
+        }
+        let mode = source["defaultMode"].as_u64().map_or(0o644, |m| m as u32);
+        write_files(dir, &obj, &source["items"], mode, base64);
+        self.sources.insert(vname.to_owned(), rv);
+        Ok(())
+    }
+
+    /// Refreshes secret and configMap volumes of a running pod, about once a second.
+    fn refresh_volumes(&mut self, pod: &Value) {
+        if self.last_refresh.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            if let Some(dir) = v["name"].as_str().and_then(|n| self.volumes.get(n)).cloned() {
+                let _ = self.fill(v, &dir);
+            }
+        }
     }
 
     fn kill(&mut self, sig: rustix::process::Signal) {

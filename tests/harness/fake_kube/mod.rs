@@ -317,6 +317,18 @@ impl FakeCluster {
         panic!("fake kube: timed out waiting until {what}\n{}", self.describe());
     }
 
+    /// `wait_for` for async tests: sleeps without blocking the runtime.
+    pub async fn wait_for_async(&self, what: &str, mut check: impl FnMut(&FakeCluster) -> bool) {
+        let deadline = Instant::now() + crate::PATIENCE;
+        while Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fake kube: timed out waiting until {what}\n{}", self.describe());
+    }
+
     /// Pods that are Running and Ready among `pods(namespace, selector)`.
     pub fn ready_pods(&self, namespace: &str, label_selector: &str) -> Vec<Value> {
         self.pods(namespace, label_selector).into_iter().filter(is_ready).collect()

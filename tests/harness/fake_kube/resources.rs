@@ -2,6 +2,7 @@
 //! that an object parses as its k8s-openapi type (as the server's decoder would).
 
 use k8s_openapi::api::{admissionregistration, apps, core, rbac};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -13,8 +14,9 @@ pub(crate) struct Resource {
     pub(crate) plural: &'static str,
     pub(crate) kind: &'static str,
     pub(crate) namespaced: bool,
-    /// Decodes the object as its typed form; the error is serde's message.
-    pub(crate) decode: fn(&Value) -> Result<(), String>,
+    /// Decodes the object as its typed form and encodes it again, as the server stores what
+    /// it decoded: fields its type does not know are gone. The error is serde's message.
+    pub(crate) decode: fn(&Value) -> Result<Value, String>,
 }
 
 impl Resource {
@@ -33,8 +35,9 @@ impl Resource {
     }
 }
 
-fn decode<T: DeserializeOwned>(v: &Value) -> Result<(), String> {
-    serde_json::from_value::<T>(v.clone()).map(drop).map_err(|e| e.to_string())
+fn decode<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
+    let typed = serde_json::from_value::<T>(v.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
 macro_rules! res {

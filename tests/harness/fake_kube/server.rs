@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::errors::{ApiError, delete_success};
 use super::resources::{RESOURCES, Resource, find};
 use super::selector::{FieldSelector, LabelSelector};
-use super::verbs::{self, Deleted, Part};
+use super::verbs::{self, Deleted, FieldCheck, Part};
 use super::{Shared, portforward, watch};
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -32,6 +32,16 @@ pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {
         .header("Audit-Id", super::verbs::random_suffix(12))
         .body(full(v.to_string()))
         .expect("a valid response")
+}
+
+/// Adds a `Warning: 299 - "…"` header per warning, as the server reports dropped fields.
+fn with_warnings(mut r: Response<Body>, check: &FieldCheck) -> Response<Body> {
+    for w in &check.warnings {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("299 - {w:?}")) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
 }
 
 impl ApiError {
@@ -323,15 +333,18 @@ async fn serve(
         (Method::POST, None, None) => {
             let (parts, body) = body_bytes(req).await?;
             let obj = json_body(&parts, &body)?;
-            let created = verbs::create(&mut shared.store(), res, target.namespace.as_deref(), obj)?;
-            Ok(json_response(201, &created))
+            let mut check = FieldCheck::from_query(query.get("fieldValidation"));
+            let created =
+                verbs::create_checked(&mut shared.store(), res, target.namespace.as_deref(), obj, &mut check)?;
+            Ok(with_warnings(json_response(201, &created), &check))
         }
         (Method::PUT, Some(name), None | Some("status")) => {
             let (parts, body) = body_bytes(req).await?;
             let obj = json_body(&parts, &body)?;
             let part = if sub == Some("status") { Part::Status } else { Part::Main };
-            let updated = verbs::update(&mut shared.store(), res, &ns, &name, obj, part)?;
-            Ok(json_response(200, &updated))
+            let mut check = FieldCheck::from_query(query.get("fieldValidation"));
+            let updated = verbs::update_checked(&mut shared.store(), res, &ns, &name, obj, part, &mut check)?;
+            Ok(with_warnings(json_response(200, &updated), &check))
         }
         (Method::PUT, Some(name), Some("scale")) if has_scale(res) => {
             let (parts, body) = body_bytes(req).await?;
@@ -348,8 +361,18 @@ async fn serve(
         (Method::PATCH, Some(name), None | Some("status")) => {
             let (parts, body) = body_bytes(req).await?;
             let part = if sub == Some("status") { Part::Status } else { Part::Main };
-            let patched = verbs::patch(&mut shared.store(), res, &ns, &name, &content_type(&parts), &body, part)?;
-            Ok(json_response(200, &patched))
+            let mut check = FieldCheck::from_query(query.get("fieldValidation"));
+            let patched = verbs::patch_checked(
+                &mut shared.store(),
+                res,
+                &ns,
+                &name,
+                &content_type(&parts),
+                &body,
+                part,
+                &mut check,
+            )?;
+            Ok(with_warnings(json_response(200, &patched), &check))
         }
         (Method::PATCH, Some(name), Some("scale")) if has_scale(res) => {
             let (parts, body) = body_bytes(req).await?;

@@ -77,7 +77,18 @@ fn tracks_generation(res: &Resource) -> bool {
 }
 
 /// Creates an object as `POST` does. `ns` is the request's namespace (None: cluster scope).
-pub(crate) fn create(store: &mut Store, res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+pub(crate) fn create(store: &mut Store, res: &Resource, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
+    create_checked(store, res, ns, obj, &mut FieldCheck::default())
+}
+
+/// `create` with the request's field validation.
+pub(crate) fn create_checked(
+    store: &mut Store,
+    res: &Resource,
+    ns: Option<&str>,
+    mut obj: Value,
+    check: &mut FieldCheck,
+) -> Result<Value, ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request("the body of the request was not a JSON object"));
     }
@@ -102,7 +113,8 @@ pub(crate) fn create(store: &mut Store, res: &Resource, ns: Option<&str>, mut ob
             m.remove(field);
         }
     }
-    decode(res, &obj)?;
+    decode(res, &mut obj, check)?;
+    merge_string_data(res, &mut obj);
     defaults::apply(res, &mut obj);
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let causes = validate::object(res, &obj);
@@ -170,14 +182,77 @@ fn check_type(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The object must decode as its typed form (a number where a string belongs is a 400).
-fn decode(res: &Resource, obj: &Value) -> Result<(), ApiError> {
-    (res.decode)(obj).map_err(|e| {
+/// How a write treats fields the object's type does not have (`fieldValidation`): the
+/// server's default warns (a `Warning` header) and drops them; `Strict` refuses the write.
+#[derive(Debug, Default)]
+pub(crate) struct FieldCheck {
+    pub(crate) strict: bool,
+    pub(crate) warnings: Vec<String>,
+}
+
+impl FieldCheck {
+    /// From the request's `fieldValidation` parameter.
+    pub(crate) fn from_query(v: Option<&str>) -> Self {
+        Self { strict: v == Some("Strict"), warnings: Vec::new() }
+    }
+}
+
+/// The object must decode as its typed form (a number where a string belongs is a 400); it is
+/// replaced by what the type keeps, unknown fields warned about or (strict) refused.
+fn decode(res: &Resource, obj: &mut Value, check: &mut FieldCheck) -> Result<(), ApiError> {
+    let typed = (res.decode)(obj).map_err(|e| {
         ApiError::bad_request(&format!(
             "{} in version {:?} cannot be handled as a {}: {e}",
             res.kind, res.version, res.kind
         ))
-    })
+    })?;
+    let mut unknown = Vec::new();
+    unknown_fields(obj, &typed, "", &mut unknown);
+    if check.strict && !unknown.is_empty() {
+        let list: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+        return Err(ApiError::bad_request(&format!("strict decoding error: {}", list.join(", "))));
+    }
+    check.warnings.extend(unknown.iter().map(|f| format!("unknown field {f:?}")));
+    *obj = typed;
+    Ok(())
+}
+
+/// Paths (`spec.template.spec.containers[0].foo`) present in `given` but not in `kept`.
+fn unknown_fields(given: &Value, kept: &Value, at: &str, out: &mut Vec<String>) {
+    match (given, kept) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, v) in g {
+                let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                match k.get(key) {
+                    None if !v.is_null() => out.push(path),
+                    Some(kv) => unknown_fields(v, kv, &path, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) if g.len() == k.len() => {
+            for (i, (a, b)) in g.iter().zip(k).enumerate() {
+                unknown_fields(a, b, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only: the server merges it into `data`, base64-encoded.
+fn merge_string_data(res: &Resource, obj: &mut Value) {
+    use base64::Engine;
+    if !res.is("", "secrets") {
+        return;
+    }
+    let Some(Value::Object(string_data)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else { return };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in string_data {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+        obj["data"][k] = json!(encoded);
+    }
 }
 
 /// The namespace an object goes to; it must exist, and the body must not name another.
@@ -219,8 +294,21 @@ pub(crate) fn update(
     res: &Resource,
     ns: &str,
     name: &str,
+    obj: Value,
+    part: Part,
+) -> Result<Value, ApiError> {
+    update_checked(store, res, ns, name, obj, part, &mut FieldCheck::default())
+}
+
+/// `update` with the request's field validation.
+pub(crate) fn update_checked(
+    store: &mut Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
     mut obj: Value,
     part: Part,
+    check: &mut FieldCheck,
 ) -> Result<Value, ApiError> {
     let Some(old) = store.get(res, ns, name).cloned() else {
         return Err(ApiError::not_found(res, name));
@@ -256,7 +344,8 @@ pub(crate) fn update(
     {
         return Err(ApiError::conflict(res, name));
     }
-    decode(res, &obj)?;
+    decode(res, &mut obj, check)?;
+    merge_string_data(res, &mut obj);
     match part {
         Part::Main => match old.get("status") {
             Some(s) => obj["status"] = s.clone(),
@@ -323,6 +412,21 @@ pub(crate) fn patch(
     body: &[u8],
     part: Part,
 ) -> Result<Value, ApiError> {
+    patch_checked(store, res, ns, name, content_type, body, part, &mut FieldCheck::default())
+}
+
+/// `patch` with the request's field validation.
+#[allow(clippy::too_many_arguments)] // the request's parts, as the handler has them
+pub(crate) fn patch_checked(
+    store: &mut Store,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+    part: Part,
+    check: &mut FieldCheck,
+) -> Result<Value, ApiError> {
     let ct = content_type.split(';').next().unwrap_or_default().trim();
     if !PATCH_TYPES.contains(&ct) {
         return Err(ApiError::unsupported_media_type(PATCH_TYPES));
@@ -351,7 +455,7 @@ pub(crate) fn patch(
     if obj["metadata"]["resourceVersion"].is_null() {
         obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
     }
-    update(store, res, ns, name, obj, part)
+    update_checked(store, res, ns, name, obj, part, check)
 }
 
 /// What a DELETE answered and did.
