@@ -3,6 +3,7 @@
 
 mod containers;
 mod errors;
+mod fake_cluster;
 mod reload;
 mod resilience;
 mod security;

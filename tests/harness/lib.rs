@@ -362,4 +362,5 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub mod docker;
+pub mod fake_kube;
 pub mod relay;

@@ -1,0 +1,166 @@
+//! The defaults the real API server fills in on create and update (its `SetDefaults_*`
+//! functions and the admission plugins every cluster runs), so stored objects look like a
+//! cluster's and a client that compares specs meets the same surprises.
+
+use serde_json::{Value, json};
+
+use super::resources::Resource;
+
+/// Applies the defaults of `res` to `obj` (in place). `is_pod` adds what admission adds to
+/// pods (service account, priority, tolerations), which templates do not get.
+pub(crate) fn apply(res: &Resource, obj: &mut Value) {
+    match (res.group, res.plural) {
+        ("", "pods") => {
+            pod_spec(&mut obj["spec"]);
+            pod_admission(&mut obj["spec"]);
+        }
+        ("", "secrets") => set(obj, "type", json!("Opaque")),
+        ("", "services") => service(obj),
+        ("apps", "deployments") => {
+            let spec = &mut obj["spec"];
+            set(spec, "replicas", json!(1));
+            set(spec, "revisionHistoryLimit", json!(10));
+            set(spec, "progressDeadlineSeconds", json!(600));
+            set(spec, "strategy", json!({}));
+            let strategy = &mut spec["strategy"];
+            set(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                set(strategy, "rollingUpdate", json!({}));
+                set(&mut strategy["rollingUpdate"], "maxSurge", json!("25%"));
+                set(&mut strategy["rollingUpdate"], "maxUnavailable", json!("25%"));
+            }
+            pod_spec(&mut spec["template"]["spec"]);
+        }
+        ("apps", "replicasets") => {
+            set(&mut obj["spec"], "replicas", json!(1));
+            pod_spec(&mut obj["spec"]["template"]["spec"]);
+        }
+        ("apps", "statefulsets") => {
+            let spec = &mut obj["spec"];
+            set(spec, "replicas", json!(1));
+            set(spec, "podManagementPolicy", json!("OrderedReady"));
+            set(spec, "revisionHistoryLimit", json!(10));
+            set(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            set(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+            pod_spec(&mut spec["template"]["spec"]);
+        }
+        ("apps", "daemonsets") => {
+            let spec = &mut obj["spec"];
+            set(spec, "revisionHistoryLimit", json!(10));
+            set(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            pod_spec(&mut spec["template"]["spec"]);
+        }
+        _ => {}
+    }
+}
+
+/// Sets `obj[key]` when it is absent or null (and `obj` is an object).
+fn set(obj: &mut Value, key: &str, value: Value) {
+    if let Some(map) = obj.as_object_mut()
+        && map.get(key).is_none_or(Value::is_null)
+    {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+/// `SetDefaults_PodSpec` and friends: what a pod spec (or a template's) gets.
+pub(crate) fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "restartPolicy", json!("Always"));
+    set(spec, "dnsPolicy", json!("ClusterFirst"));
+    set(spec, "terminationGracePeriodSeconds", json!(30));
+    set(spec, "schedulerName", json!("default-scheduler"));
+    set(spec, "securityContext", json!({}));
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            container(c);
+        }
+    }
+    for v in spec["volumes"].as_array_mut().into_iter().flatten() {
+        for source in ["secret", "configMap"] {
+            if v[source].is_object() {
+                set(&mut v[source], "defaultMode", json!(0o644));
+            }
+        }
+    }
+}
+
+fn container(c: &mut Value) {
+    set(c, "terminationMessagePath", json!("/dev/termination-log"));
+    set(c, "terminationMessagePolicy", json!("File"));
+    set(c, "resources", json!({}));
+    let image = c["image"].as_str().unwrap_or_default().to_owned();
+    set(c, "imagePullPolicy", json!(default_pull_policy(&image)));
+    for p in c["ports"].as_array_mut().into_iter().flatten() {
+        set(p, "protocol", json!("TCP"));
+    }
+}
+
+/// `Always` for `:latest` or an untagged image, else `IfNotPresent` (a digest counts as a tag).
+pub(crate) fn default_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+/// What admission plugins add to a pod: the ServiceAccount, Priority and
+/// DefaultTolerationSeconds plugins, and the kube-apiserver's service links default.
+fn pod_admission(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "serviceAccountName", json!("default"));
+    let sa = spec["serviceAccountName"].clone();
+    set(spec, "serviceAccount", sa);
+    set(spec, "enableServiceLinks", json!(true));
+    set(spec, "priority", json!(0));
+    set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    set(
+        spec,
+        "tolerations",
+        json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+        ]),
+    );
+}
+
+fn service(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    set(spec, "type", json!("ClusterIP"));
+    set(spec, "sessionAffinity", json!("None"));
+    for p in spec["ports"].as_array_mut().into_iter().flatten() {
+        set(p, "protocol", json!("TCP"));
+        let port = p["port"].clone();
+        set(p, "targetPort", port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_defaults_like_the_server() {
+        assert_eq!(default_pull_policy("nginx"), "Always");
+        assert_eq!(default_pull_policy("nginx:latest"), "Always");
+        assert_eq!(default_pull_policy("nginx:1.27"), "IfNotPresent");
+        assert_eq!(default_pull_policy("localhost:5000/web"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/web:2"), "IfNotPresent");
+        assert_eq!(default_pull_policy("web@sha256:abcd"), "IfNotPresent");
+    }
+}
