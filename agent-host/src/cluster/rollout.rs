@@ -18,8 +18,9 @@ const POLL: Duration = Duration::from_millis(500);
 pub enum RolloutState {
     /// Every pod runs the current template and is available.
     Done { replicas: i64 },
-    /// Still rolling: `updated` of `desired` pods run the new template, `available` of them ready.
-    Progressing { desired: i64, updated: i64, available: i64 },
+    /// Still rolling: `updated` of `desired` pods run the new template, `available` of them
+    /// ready, `total` pods in all (old ones included).
+    Progressing { desired: i64, updated: i64, available: i64, total: i64 },
     /// The controller gave up (e.g. the progress deadline passed).
     Failed(String),
 }
@@ -58,7 +59,7 @@ pub fn rollout_state(kind: Kind, obj: &Value) -> RolloutState {
     if observed >= generation && updated >= desired && total <= updated && available >= updated {
         RolloutState::Done { replicas: desired }
     } else {
-        RolloutState::Progressing { desired, updated, available }
+        RolloutState::Progressing { desired, updated, available, total }
     }
 }
 
@@ -145,8 +146,10 @@ pub async fn wait(
 pub fn describe(state: Option<&RolloutState>) -> String {
     match state {
         Some(RolloutState::Done { replicas }) => format!("{replicas} of {replicas} pods updated and available"),
-        Some(RolloutState::Progressing { desired, updated, available }) => {
-            format!("{updated} of {desired} pods updated, {available} available")
+        Some(RolloutState::Progressing { desired, updated, available, total }) => {
+            let old = total - updated;
+            let old = if old > 0 { format!(", {old} old still running") } else { String::new() };
+            format!("{updated} of {desired} pods updated, {available} available{old}")
         }
         Some(RolloutState::Failed(why)) => why.clone(),
         None => "no status yet".into(),
