@@ -50,6 +50,20 @@ fn forward_error(r: Result<kube::api::Portforwarder, kube::Error>) -> Box<kube::
     }
 }
 
+/// Get, change, replace; again on a 409, as every client of an object a controller also
+/// writes must do.
+async fn update_deployment(api: &Api<Deployment>, name: &str, change: impl Fn(&mut Value)) -> Deployment {
+    loop {
+        let mut d = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+        change(&mut d);
+        match api.replace(name, &PostParams::default(), &serde_json::from_value(d).unwrap()).await {
+            Ok(d) => return d,
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("replace {name}: {e}"),
+        }
+    }
+}
+
 fn deployment(name: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -100,9 +114,7 @@ async fn get_list_create_update_with_the_real_semantics() {
 
     // An update from a stale copy conflicts; from the fresh one it bumps the generation.
     let mut stale = created.clone();
-    let mut fresh = deploys.get("web").await.unwrap();
-    fresh.spec.replicas = Some(3);
-    let updated = deploys.replace("web", &PostParams::default(), &fresh).await.unwrap();
+    let updated = update_deployment(&deploys, "web", |d| d["spec"]["replicas"] = json!(3)).await;
     assert_eq!(updated.metadata.generation, Some(2));
     assert_ne!(updated.metadata.resource_version, created.metadata.resource_version);
     stale.spec.replicas = Some(5);
@@ -180,13 +192,23 @@ async fn authentication_rbac_media_types_and_validation_fail_like_a_cluster() {
         .unwrap();
     let e = api_error(client.request::<Value>(req).await.unwrap_err());
     assert_eq!((e.code, e.reason.as_str()), (415, "UnsupportedMediaType"));
-    let e = api_error(
-        deploys
-            .patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"replicas": 2}})))
-            .await
-            .unwrap_err(),
+    let apply = Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 2}}));
+    let e = api_error(deploys.patch("web", &PatchParams::apply("test"), &apply).await.unwrap_err());
+    assert_eq!(e.code, 415, "server-side apply is not implemented: {}", e.message);
+
+    // A strategic merge patch merges containers by name.
+    let sidecar = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.example/web:2"},
+        {"name": "side", "image": APP_IMAGE},
+    ]}}}});
+    let d = deploys.patch("web", &PatchParams::default(), &Patch::Strategic(sidecar)).await.unwrap();
+    let containers = d.spec.template.spec.unwrap().containers;
+    let summary: Vec<(String, Option<String>, bool)> =
+        containers.iter().map(|c| (c.name.clone(), c.image.clone(), c.ports.is_some())).collect();
+    assert_eq!(
+        summary,
+        [("web".into(), Some("registry.example/web:2".into()), true), ("side".into(), Some(APP_IMAGE.into()), false)]
     );
-    assert_eq!(e.code, 415, "strategic merge patch is not implemented: {}", e.message);
 
     // A pod template whose volumeMount names no volume: 422 with the field.
     let mut bad = deployment("broken", 1);
@@ -314,12 +336,11 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
 
     // A template change rolls every pod to the new replicaset.
     let res = "/apis/apps/v1/namespaces/default/deployments/web";
-    let mut d2 = cluster.get(res).unwrap();
-    d2["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"});
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let deploys: Api<Deployment> = Api::default_namespaced(client(cluster.kubeconfig()).await);
-        deploys.replace("web", &PostParams::default(), &serde_json::from_value(d2).unwrap()).await.unwrap();
+        update_deployment(&deploys, "web", |d| d["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"}))
+            .await;
     });
     cluster.wait_for("the rollout completes", |c| {
         let pods = c.pods("default", "app=web");
@@ -681,9 +702,7 @@ fn restoring_a_template_rolls_back_to_its_old_replicaset() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let deploys: Api<Deployment> = rt.block_on(async { Api::default_namespaced(client(cluster.kubeconfig()).await) });
     let set_template = |template: &Value| {
-        let mut d = cluster.get(path).unwrap();
-        d["spec"]["template"] = template.clone();
-        rt.block_on(deploys.replace("web", &PostParams::default(), &serde_json::from_value(d).unwrap())).unwrap();
+        rt.block_on(update_deployment(&deploys, "web", |d| d["spec"]["template"] = template.clone()));
     };
     let mut changed = original["spec"]["template"].clone();
     changed["spec"]["containers"][0]["env"] = json!([{"name": "X", "value": "1"}]);
@@ -708,13 +727,14 @@ fn a_rollout_of_a_missing_image_exceeds_its_progress_deadline() {
     let path = "/apis/apps/v1/namespaces/default/deployments/web";
     cluster.create(deployment("web", 1));
     cluster.wait_for("1 ready pod", |c| c.ready_pods("default", "app=web").len() == 1);
-    let mut d = cluster.get(path).unwrap();
-    d["spec"]["progressDeadlineSeconds"] = json!(1);
-    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.example/web:does-not-exist");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let deploys: Api<Deployment> = Api::default_namespaced(client(cluster.kubeconfig()).await);
-        deploys.replace("web", &PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
+        update_deployment(&deploys, "web", |d| {
+            d["spec"]["progressDeadlineSeconds"] = json!(1);
+            d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.example/web:does-not-exist");
+        })
+        .await;
     });
     cluster.wait_for("ProgressDeadlineExceeded", |c| {
         c.get(path).unwrap()["status"]["conditions"]

@@ -7,7 +7,7 @@
 //! The product code cannot tell it from a cluster: it reads the kubeconfig and talks HTTPS.
 //!
 //! What it does not do (callers beware): no admission webhooks are called (injection must be
-//! done by the client), no strategic merge patch or server-side apply (415), no
+//! done by the client), no server-side apply (415), no
 //! `managedFields`, no YAML or protobuf bodies, no `shareProcessNamespace` (a signal by
 //! process name reaches any process of the host with that name), readOnly mounts are not
 //! enforced, app containers without a `command` are reported Running but not run, and the
@@ -22,6 +22,7 @@ mod resources;
 mod selector;
 mod server;
 mod store;
+mod strategic;
 mod validate;
 mod verbs;
 mod watch;

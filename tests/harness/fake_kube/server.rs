@@ -383,6 +383,9 @@ async fn serve(
             let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(&e.to_string()))?;
             match ct.split(';').next().unwrap_or_default().trim() {
                 "application/merge-patch+json" => json_patch::merge(&mut scale, &patch),
+                "application/strategic-merge-patch+json" => {
+                    scale = super::strategic::apply(&scale, &patch, false).map_err(|e| ApiError::bad_request(&e))?;
+                }
                 "application/json-patch+json" => {
                     let ops: json_patch::Patch =
                         serde_json::from_value(patch).map_err(|e| ApiError::bad_request(&e.to_string()))?;
