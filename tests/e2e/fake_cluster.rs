@@ -781,3 +781,50 @@ fn statefulsets_and_daemonsets_make_their_pods() {
         s["readyReplicas"] == 3 && s["updatedReplicas"] == 3 && s["currentRevision"] == s["updateRevision"]
     });
 }
+
+#[test]
+fn hotsync_sync_reaches_an_agent_in_a_fake_pod_over_udp_to_its_pod_ip() {
+    use base64::Engine;
+    let (cluster, _image) = cluster();
+    let env = hotsync_e2e::Env::new();
+    let data: serde_json::Map<String, Value> = std::fs::read_dir(&env.creds)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            )
+        })
+        .collect();
+    cluster.create(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hotsync-credentials"}, "data": data}),
+    );
+    cluster.create(injected_pod("agent-0"));
+    cluster.wait_for("the pod is ready", |c| c.ready_pods("default", "app=agent").len() == 1);
+    write(&env.src.join("app.py"), "print('synced')\n");
+    let ip = cluster.pod_ip("default", "agent-0").unwrap();
+    let out = env.sync_once(std::net::SocketAddr::from((ip, 7470)), &[]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    let root = cluster.pod_root("default", "agent-0").unwrap();
+    assert_eq!(std::fs::read_to_string(root.join("app.py")).unwrap(), "print('synced')\n");
+}
+
+#[test]
+fn pods_that_never_restart_end_succeeded_or_failed() {
+    let (cluster, _image) = cluster();
+    for (name, script) in [("ok", "exit 0"), ("bad", "exit 4")] {
+        cluster.create(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": APP_IMAGE, "command": ["/bin/sh", "-c", script]}]},
+        }));
+    }
+    let phase = |c: &FakeCluster, name: &str| {
+        c.get(&format!("/api/v1/namespaces/default/pods/{name}")).unwrap()["status"]["phase"].clone()
+    };
+    cluster.wait_for("both pods end", |c| phase(c, "ok") == "Succeeded" && phase(c, "bad") == "Failed");
+    let bad = cluster.get("/api/v1/namespaces/default/pods/bad").unwrap();
+    let s = &bad["status"]["containerStatuses"][0];
+    assert_eq!((s["restartCount"].as_i64(), s["state"]["terminated"]["exitCode"].as_i64()), (Some(0), Some(4)));
+}
