@@ -145,6 +145,16 @@ async fn get_list_create_update_with_the_real_semantics() {
     assert_eq!((immutable.code, immutable.reason.as_str()), (422, "Invalid"));
     assert!(immutable.message.contains("field is immutable"), "{}", immutable.message);
 
+    // A dry run is checked and answered, and changes nothing.
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let would = deploys.create(&dry, &serde_json::from_value(deployment("dry", 1)).unwrap()).await.unwrap();
+    assert_eq!(would.metadata.name.as_deref(), Some("dry"));
+    assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/dry").is_none());
+    let e = api_error(deploys.create(&dry, &created).await.unwrap_err());
+    assert_eq!(e.code, 409, "a dry run meets the same checks");
+    deploys.delete("web", &DeleteParams { dry_run: true, ..DeleteParams::default() }).await.unwrap();
+    assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/web").is_some());
+
     // Delete answers a Success Status for deployments; the garbage collector takes the rest.
     deploys.delete("web", &DeleteParams::default()).await.unwrap();
     assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/web").is_none());

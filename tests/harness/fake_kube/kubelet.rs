@@ -874,6 +874,9 @@ pub(crate) fn map_arg(arg: &str, mounts: &[(String, PathBuf)], image_root: Optio
     if let Some(port) = arg.strip_prefix("0.0.0.0:") {
         return format!("{ip}:{port}");
     }
+    if arg == "0.0.0.0" {
+        return ip.to_string();
+    }
     if !arg.starts_with('/') {
         return arg.to_owned();
     }
@@ -961,6 +964,7 @@ mod tests {
         assert_eq!(m("/app"), image.path().join("app").display().to_string());
         assert_eq!(m("/nowhere"), "/nowhere");
         assert_eq!(m("0.0.0.0:7470"), "127.9.8.7:7470");
+        assert_eq!(m("0.0.0.0"), "127.9.8.7");
         assert_eq!(m("--listen=0.0.0.0:80"), "--listen=127.9.8.7:80");
         assert_eq!(m("serve"), "serve");
     }
