@@ -838,3 +838,28 @@ fn pods_that_never_restart_end_succeeded_or_failed() {
     let s = &bad["status"]["containerStatuses"][0];
     assert_eq!((s["restartCount"].as_i64(), s["state"]["terminated"]["exitCode"].as_i64()), (Some(0), Some(4)));
 }
+
+#[test]
+fn the_webhook_manifests_install_and_their_pods_serve() {
+    use serde::Deserialize;
+    let (cluster, _image) = cluster();
+    let out = std::process::Command::new(bin("hotsync")).args(["webhook", "manifests"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let obj = Value::deserialize(doc).unwrap();
+        let stored = cluster.create(obj);
+        assert!(stored["metadata"]["uid"].is_string());
+    }
+    let mwc =
+        cluster.get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/hotsync-webhook").unwrap();
+    assert_eq!(mwc["webhooks"][0]["matchPolicy"], "Equivalent", "defaults as the server fills them");
+    assert_eq!(mwc["webhooks"][0]["objectSelector"], json!({}));
+    let svc = cluster.get("/api/v1/namespaces/hotsync-system/services/hotsync-webhook").unwrap();
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10.96."));
+    let ns = "hotsync-system";
+    cluster
+        .wait_for("both webhook pods serve", |c| c.ready_pods(ns, "app.kubernetes.io/name=hotsync-webhook").len() == 2);
+    let pod = cluster.pod_names(ns, "app.kubernetes.io/name=hotsync-webhook").remove(0);
+    assert!(cluster.container_log(ns, &pod, "webhook").contains("hotsync webhook listening"));
+}

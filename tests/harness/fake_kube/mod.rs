@@ -81,7 +81,8 @@ impl Shared {
 
     /// The image, if it "exists" (can be pulled).
     pub(crate) fn image(&self, name: &str) -> Option<Image> {
-        if name.starts_with("hotsync-agent:") || name.contains("/hotsync-agent:") {
+        let last = name.rsplit('/').next().unwrap_or(name);
+        if last.starts_with("hotsync-agent:") || last.starts_with("hotsync-agent@") {
             return Some(Image::Agent);
         }
         let images = self.images.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

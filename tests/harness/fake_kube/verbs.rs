@@ -143,6 +143,14 @@ pub(crate) fn create_checked(
             labels["kubernetes.io/metadata.name"] = json!(name);
         }
         ("apps", _) => obj["status"] = json!({}),
+        ("", "services") => {
+            obj["status"] = json!({"loadBalancer": {}});
+            if obj["spec"]["type"] != "ExternalName" && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty) {
+                let ip = format!("10.96.{}.{}", random() % 256, 1 + random() % 254);
+                obj["spec"]["clusterIP"] = json!(ip);
+                obj["spec"]["clusterIPs"] = json!([ip]);
+            }
+        }
         _ => {}
     }
     Ok(store.insert(res, &ns, obj))
@@ -372,6 +380,11 @@ pub(crate) fn update_checked(
                 }
             }
         }
+    }
+    if res.is("", "services") && obj["spec"]["clusterIP"].is_null() {
+        // The allocated address stays when an update leaves it out.
+        obj["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
+        obj["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
     }
     defaults::apply(res, &mut obj);
     let causes = validate::update(res, &old, &obj);
