@@ -300,7 +300,9 @@ async fn watches_follow_a_label_selector_in_order_and_expire() {
     }
 
     // kube-runtime's watcher (list, then watch with bookmarks) sees changes.
-    let watcher = kube::runtime::watcher(cms.clone(), kube::runtime::watcher::Config::default().labels("app=w"));
+    // Without bookmarks, so the resourceVersion it resumes from is that of its last event.
+    let config = kube::runtime::watcher::Config::default().labels("app=w").disable_bookmarks();
+    let watcher = kube::runtime::watcher(cms.clone(), config);
     let mut watcher = Box::pin(watcher);
     let mut initial = Vec::new();
     loop {
@@ -320,6 +322,23 @@ async fn watches_follow_a_label_selector_in_order_and_expire() {
             break;
         }
     }
+
+    // The server drops its watches and forgets its history past a change the watcher did not
+    // see: its resumed watch meets 410 Expired, and it lists again.
+    cms.create(&PostParams::default(), &cm("unseen", "x")).await.unwrap();
+    cluster.compact();
+    cluster.close_watches();
+    let mut relisted = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, watcher.try_next()).await.unwrap() {
+            Ok(Some(kube::runtime::watcher::Event::InitApply(o))) => relisted.push(o.metadata.name.unwrap()),
+            Ok(Some(kube::runtime::watcher::Event::InitDone)) => break,
+            Ok(_) | Err(kube::runtime::watcher::Error::WatchError(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    relisted.sort();
+    assert_eq!(relisted, ["late", "other"]);
 }
 
 #[test]
@@ -522,6 +541,16 @@ async fn an_injected_pod_runs_the_real_agent_and_port_forward_reaches_it() {
     let mut pf = pods.portforward("agent-0", &[1]).await.unwrap();
     let err = tokio::time::timeout(PATIENCE, pf.take_error(1).unwrap()).await.unwrap().unwrap();
     assert!(err.contains("error forwarding port 1 to pod"), "{err}");
+
+    // A killed agent is restarted by the kubelet and serves again.
+    cluster.kill_container("default", "agent-0", "hotsync-agent");
+    cluster
+        .wait_for_async("the agent restarted", |c| {
+            let p = c.get("/api/v1/namespaces/default/pods/agent-0").unwrap();
+            p["status"]["containerStatuses"][1]["restartCount"] == 1 && is_ready(&p)
+        })
+        .await;
+    assert!(tokio::net::TcpStream::connect((ip, 7470)).await.is_ok());
 
     // Port-forward needs `create` on pods/portforward.
     cluster.deny("create", "pods/portforward");

@@ -43,8 +43,8 @@ struct PodEntry {
     ip: Option<Ipv4Addr>,
     volumes: BTreeMap<String, PathBuf>,
     logs: BTreeMap<String, PathBuf>,
-    /// Process group ids of running containers.
-    groups: BTreeSet<i32>,
+    /// Process group id of each running container.
+    groups: BTreeMap<String, i32>,
 }
 
 impl Registry {
@@ -81,10 +81,20 @@ impl Registry {
     /// SIGKILLs every process the kubelet started.
     pub(crate) fn kill_all(&self) {
         for e in self.lock().values_mut() {
-            for g in std::mem::take(&mut e.groups) {
+            for g in std::mem::take(&mut e.groups).into_values() {
                 signal_group(g, rustix::process::Signal::KILL);
             }
         }
+    }
+
+    /// Sends `signal` to a container's processes; false if it runs none now.
+    pub(crate) fn signal(&self, ns: &str, pod: &str, container: &str, signal: rustix::process::Signal) -> bool {
+        let pods = self.lock();
+        let Some(&g) = pods.get(&(ns.to_owned(), pod.to_owned())).and_then(|e| e.groups.get(container)) else {
+            return false;
+        };
+        signal_group(g, signal);
+        true
     }
 
     fn with(&self, ns: &str, pod: &str, uid: &str, f: impl FnOnce(&mut PodEntry)) {
@@ -209,9 +219,9 @@ impl Container {
             State::Running { started } => started.clone(),
             _ => verbs::now(),
         };
-        if let Some(g) = self.pgid.take() {
+        if self.pgid.take().is_some() {
             ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
-                e.groups.remove(&g);
+                e.groups.remove(&self.name);
             });
         }
         self.child = None;
@@ -322,7 +332,7 @@ impl Container {
                 let pgid = child.id().and_then(|p| i32::try_from(p).ok());
                 if let Some(g) = pgid {
                     ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
-                        e.groups.insert(g);
+                        e.groups.insert(self.name.clone(), g);
                     });
                 }
                 self.pgid = pgid;
