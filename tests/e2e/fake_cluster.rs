@@ -50,6 +50,20 @@ fn forward_error(r: Result<kube::api::Portforwarder, kube::Error>) -> Box<kube::
     }
 }
 
+/// Get, change, replace; again on a 409, as every client of an object a controller also
+/// writes must do.
+async fn update_deployment(api: &Api<Deployment>, name: &str, change: impl Fn(&mut Value)) -> Deployment {
+    loop {
+        let mut d = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+        change(&mut d);
+        match api.replace(name, &PostParams::default(), &serde_json::from_value(d).unwrap()).await {
+            Ok(d) => return d,
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("replace {name}: {e}"),
+        }
+    }
+}
+
 fn deployment(name: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -100,9 +114,7 @@ async fn get_list_create_update_with_the_real_semantics() {
 
     // An update from a stale copy conflicts; from the fresh one it bumps the generation.
     let mut stale = created.clone();
-    let mut fresh = deploys.get("web").await.unwrap();
-    fresh.spec.replicas = Some(3);
-    let updated = deploys.replace("web", &PostParams::default(), &fresh).await.unwrap();
+    let updated = update_deployment(&deploys, "web", |d| d["spec"]["replicas"] = json!(3)).await;
     assert_eq!(updated.metadata.generation, Some(2));
     assert_ne!(updated.metadata.resource_version, created.metadata.resource_version);
     stale.spec.replicas = Some(5);
@@ -132,6 +144,16 @@ async fn get_list_create_update_with_the_real_semantics() {
     );
     assert_eq!((immutable.code, immutable.reason.as_str()), (422, "Invalid"));
     assert!(immutable.message.contains("field is immutable"), "{}", immutable.message);
+
+    // A dry run is checked and answered, and changes nothing.
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    let would = deploys.create(&dry, &serde_json::from_value(deployment("dry", 1)).unwrap()).await.unwrap();
+    assert_eq!(would.metadata.name.as_deref(), Some("dry"));
+    assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/dry").is_none());
+    let e = api_error(deploys.create(&dry, &created).await.unwrap_err());
+    assert_eq!(e.code, 409, "a dry run meets the same checks");
+    deploys.delete("web", &DeleteParams { dry_run: true, ..DeleteParams::default() }).await.unwrap();
+    assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/web").is_some());
 
     // Delete answers a Success Status for deployments; the garbage collector takes the rest.
     deploys.delete("web", &DeleteParams::default()).await.unwrap();
@@ -180,13 +202,23 @@ async fn authentication_rbac_media_types_and_validation_fail_like_a_cluster() {
         .unwrap();
     let e = api_error(client.request::<Value>(req).await.unwrap_err());
     assert_eq!((e.code, e.reason.as_str()), (415, "UnsupportedMediaType"));
-    let e = api_error(
-        deploys
-            .patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"replicas": 2}})))
-            .await
-            .unwrap_err(),
+    let apply = Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 2}}));
+    let e = api_error(deploys.patch("web", &PatchParams::apply("test"), &apply).await.unwrap_err());
+    assert_eq!(e.code, 415, "server-side apply is not implemented: {}", e.message);
+
+    // A strategic merge patch merges containers by name.
+    let sidecar = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.example/web:2"},
+        {"name": "side", "image": APP_IMAGE},
+    ]}}}});
+    let d = deploys.patch("web", &PatchParams::default(), &Patch::Strategic(sidecar)).await.unwrap();
+    let containers = d.spec.template.spec.unwrap().containers;
+    let summary: Vec<(String, Option<String>, bool)> =
+        containers.iter().map(|c| (c.name.clone(), c.image.clone(), c.ports.is_some())).collect();
+    assert_eq!(
+        summary,
+        [("web".into(), Some("registry.example/web:2".into()), true), ("side".into(), Some(APP_IMAGE.into()), false)]
     );
-    assert_eq!(e.code, 415, "strategic merge patch is not implemented: {}", e.message);
 
     // A pod template whose volumeMount names no volume: 422 with the field.
     let mut bad = deployment("broken", 1);
@@ -268,7 +300,9 @@ async fn watches_follow_a_label_selector_in_order_and_expire() {
     }
 
     // kube-runtime's watcher (list, then watch with bookmarks) sees changes.
-    let watcher = kube::runtime::watcher(cms.clone(), kube::runtime::watcher::Config::default().labels("app=w"));
+    // Without bookmarks, so the resourceVersion it resumes from is that of its last event.
+    let config = kube::runtime::watcher::Config::default().labels("app=w").disable_bookmarks();
+    let watcher = kube::runtime::watcher(cms.clone(), config);
     let mut watcher = Box::pin(watcher);
     let mut initial = Vec::new();
     loop {
@@ -288,6 +322,23 @@ async fn watches_follow_a_label_selector_in_order_and_expire() {
             break;
         }
     }
+
+    // The server drops its watches and forgets its history past a change the watcher did not
+    // see: its resumed watch meets 410 Expired, and it lists again.
+    cms.create(&PostParams::default(), &cm("unseen", "x")).await.unwrap();
+    cluster.compact();
+    cluster.close_watches();
+    let mut relisted = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, watcher.try_next()).await.unwrap() {
+            Ok(Some(kube::runtime::watcher::Event::InitApply(o))) => relisted.push(o.metadata.name.unwrap()),
+            Ok(Some(kube::runtime::watcher::Event::InitDone)) => break,
+            Ok(_) | Err(kube::runtime::watcher::Error::WatchError(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    relisted.sort();
+    assert_eq!(relisted, ["late", "other"]);
 }
 
 #[test]
@@ -314,12 +365,11 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
 
     // A template change rolls every pod to the new replicaset.
     let res = "/apis/apps/v1/namespaces/default/deployments/web";
-    let mut d2 = cluster.get(res).unwrap();
-    d2["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"});
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let deploys: Api<Deployment> = Api::default_namespaced(client(cluster.kubeconfig()).await);
-        deploys.replace("web", &PostParams::default(), &serde_json::from_value(d2).unwrap()).await.unwrap();
+        update_deployment(&deploys, "web", |d| d["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"}))
+            .await;
     });
     cluster.wait_for("the rollout completes", |c| {
         let pods = c.pods("default", "app=web");
@@ -491,6 +541,16 @@ async fn an_injected_pod_runs_the_real_agent_and_port_forward_reaches_it() {
     let mut pf = pods.portforward("agent-0", &[1]).await.unwrap();
     let err = tokio::time::timeout(PATIENCE, pf.take_error(1).unwrap()).await.unwrap().unwrap();
     assert!(err.contains("error forwarding port 1 to pod"), "{err}");
+
+    // A killed agent is restarted by the kubelet and serves again.
+    cluster.kill_container("default", "agent-0", "hotsync-agent");
+    cluster
+        .wait_for_async("the agent restarted", |c| {
+            let p = c.get("/api/v1/namespaces/default/pods/agent-0").unwrap();
+            p["status"]["containerStatuses"][1]["restartCount"] == 1 && is_ready(&p)
+        })
+        .await;
+    assert!(tokio::net::TcpStream::connect((ip, 7470)).await.is_ok());
 
     // Port-forward needs `create` on pods/portforward.
     cluster.deny("create", "pods/portforward");
@@ -681,9 +741,7 @@ fn restoring_a_template_rolls_back_to_its_old_replicaset() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let deploys: Api<Deployment> = rt.block_on(async { Api::default_namespaced(client(cluster.kubeconfig()).await) });
     let set_template = |template: &Value| {
-        let mut d = cluster.get(path).unwrap();
-        d["spec"]["template"] = template.clone();
-        rt.block_on(deploys.replace("web", &PostParams::default(), &serde_json::from_value(d).unwrap())).unwrap();
+        rt.block_on(update_deployment(&deploys, "web", |d| d["spec"]["template"] = template.clone()));
     };
     let mut changed = original["spec"]["template"].clone();
     changed["spec"]["containers"][0]["env"] = json!([{"name": "X", "value": "1"}]);
@@ -708,13 +766,14 @@ fn a_rollout_of_a_missing_image_exceeds_its_progress_deadline() {
     let path = "/apis/apps/v1/namespaces/default/deployments/web";
     cluster.create(deployment("web", 1));
     cluster.wait_for("1 ready pod", |c| c.ready_pods("default", "app=web").len() == 1);
-    let mut d = cluster.get(path).unwrap();
-    d["spec"]["progressDeadlineSeconds"] = json!(1);
-    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.example/web:does-not-exist");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let deploys: Api<Deployment> = Api::default_namespaced(client(cluster.kubeconfig()).await);
-        deploys.replace("web", &PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
+        update_deployment(&deploys, "web", |d| {
+            d["spec"]["progressDeadlineSeconds"] = json!(1);
+            d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.example/web:does-not-exist");
+        })
+        .await;
     });
     cluster.wait_for("ProgressDeadlineExceeded", |c| {
         c.get(path).unwrap()["status"]["conditions"]
@@ -760,4 +819,76 @@ fn statefulsets_and_daemonsets_make_their_pods() {
         let s = &c.get("/apis/apps/v1/namespaces/default/statefulsets/db").unwrap()["status"];
         s["readyReplicas"] == 3 && s["updatedReplicas"] == 3 && s["currentRevision"] == s["updateRevision"]
     });
+}
+
+#[test]
+fn hotsync_sync_reaches_an_agent_in_a_fake_pod_over_udp_to_its_pod_ip() {
+    use base64::Engine;
+    let (cluster, _image) = cluster();
+    let env = hotsync_e2e::Env::new();
+    let data: serde_json::Map<String, Value> = std::fs::read_dir(&env.creds)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            )
+        })
+        .collect();
+    cluster.create(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hotsync-credentials"}, "data": data}),
+    );
+    cluster.create(injected_pod("agent-0"));
+    cluster.wait_for("the pod is ready", |c| c.ready_pods("default", "app=agent").len() == 1);
+    write(&env.src.join("app.py"), "print('synced')\n");
+    let ip = cluster.pod_ip("default", "agent-0").unwrap();
+    let out = env.sync_once(std::net::SocketAddr::from((ip, 7470)), &[]);
+    assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+    let root = cluster.pod_root("default", "agent-0").unwrap();
+    assert_eq!(std::fs::read_to_string(root.join("app.py")).unwrap(), "print('synced')\n");
+}
+
+#[test]
+fn pods_that_never_restart_end_succeeded_or_failed() {
+    let (cluster, _image) = cluster();
+    for (name, script) in [("ok", "exit 0"), ("bad", "exit 4")] {
+        cluster.create(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": APP_IMAGE, "command": ["/bin/sh", "-c", script]}]},
+        }));
+    }
+    let phase = |c: &FakeCluster, name: &str| {
+        c.get(&format!("/api/v1/namespaces/default/pods/{name}")).unwrap()["status"]["phase"].clone()
+    };
+    cluster.wait_for("both pods end", |c| phase(c, "ok") == "Succeeded" && phase(c, "bad") == "Failed");
+    let bad = cluster.get("/api/v1/namespaces/default/pods/bad").unwrap();
+    let s = &bad["status"]["containerStatuses"][0];
+    assert_eq!((s["restartCount"].as_i64(), s["state"]["terminated"]["exitCode"].as_i64()), (Some(0), Some(4)));
+}
+
+#[test]
+fn the_webhook_manifests_install_and_their_pods_serve() {
+    use serde::Deserialize;
+    let (cluster, _image) = cluster();
+    let out = std::process::Command::new(bin("hotsync")).args(["webhook", "manifests"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let obj = Value::deserialize(doc).unwrap();
+        let stored = cluster.create(obj);
+        assert!(stored["metadata"]["uid"].is_string());
+    }
+    let mwc =
+        cluster.get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/hotsync-webhook").unwrap();
+    assert_eq!(mwc["webhooks"][0]["matchPolicy"], "Equivalent", "defaults as the server fills them");
+    assert_eq!(mwc["webhooks"][0]["objectSelector"], json!({}));
+    let svc = cluster.get("/api/v1/namespaces/hotsync-system/services/hotsync-webhook").unwrap();
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10.96."));
+    let ns = "hotsync-system";
+    cluster
+        .wait_for("both webhook pods serve", |c| c.ready_pods(ns, "app.kubernetes.io/name=hotsync-webhook").len() == 2);
+    let pod = cluster.pod_names(ns, "app.kubernetes.io/name=hotsync-webhook").remove(0);
+    assert!(cluster.container_log(ns, &pod, "webhook").contains("hotsync webhook listening"));
 }

@@ -254,7 +254,8 @@ fn replicaset(store: &mut Store, ns: &str, name: &str) {
     let mut failure = None;
     if count(active.len()) < desired {
         for _ in count(active.len())..desired {
-            let pod = pod_from_template(&rs, &format!("{name}-{}", verbs::random_suffix(5)), &json!({}));
+            let mut pod = pod_from_template(&rs, &format!("{name}-{}", verbs::random_suffix(5)), &json!({}));
+            pod["metadata"]["generateName"] = json!(format!("{name}-"));
             if let Err(e) = verbs::create(store, pods_res(), Some(ns), pod) {
                 failure = e.status["message"].as_str().map(str::to_owned);
                 break;
@@ -560,7 +561,8 @@ fn daemonset(store: &mut Store, ns: &str, name: &str) {
                 "controller-revision-hash": hash,
                 "pod-template-generation": ds["metadata"]["generation"].as_i64().unwrap_or(1).to_string(),
             });
-            let pod = pod_from_template(&ds, &format!("{name}-{}", verbs::random_suffix(5)), &extra);
+            let mut pod = pod_from_template(&ds, &format!("{name}-{}", verbs::random_suffix(5)), &extra);
+            pod["metadata"]["generateName"] = json!(format!("{name}-"));
             let _ = verbs::create(store, pods_res(), Some(ns), pod);
         }
     }

@@ -16,6 +16,7 @@ pub(crate) fn apply(res: &Resource, obj: &mut Value) {
         }
         ("", "secrets") => set(obj, "type", json!("Opaque")),
         ("", "services") => service(obj),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") => webhooks(obj),
         ("apps", "deployments") => {
             let spec = &mut obj["spec"];
             set(spec, "replicas", json!(1));
@@ -143,10 +144,31 @@ fn service(obj: &mut Value) {
     }
     set(spec, "type", json!("ClusterIP"));
     set(spec, "sessionAffinity", json!("None"));
+    set(spec, "ipFamilies", json!(["IPv4"]));
+    set(spec, "ipFamilyPolicy", json!("SingleStack"));
+    set(spec, "internalTrafficPolicy", json!("Cluster"));
     for p in spec["ports"].as_array_mut().into_iter().flatten() {
         set(p, "protocol", json!("TCP"));
         let port = p["port"].clone();
         set(p, "targetPort", port);
+    }
+}
+
+/// `SetDefaults_MutatingWebhook`: what each webhook of a configuration gets.
+fn webhooks(obj: &mut Value) {
+    for w in obj["webhooks"].as_array_mut().into_iter().flatten() {
+        set(w, "failurePolicy", json!("Fail"));
+        set(w, "matchPolicy", json!("Equivalent"));
+        set(w, "namespaceSelector", json!({}));
+        set(w, "objectSelector", json!({}));
+        set(w, "timeoutSeconds", json!(10));
+        set(w, "reinvocationPolicy", json!("Never"));
+        if w["clientConfig"]["service"].is_object() {
+            set(&mut w["clientConfig"]["service"], "port", json!(443));
+        }
+        for r in w["rules"].as_array_mut().into_iter().flatten() {
+            set(r, "scope", json!("*"));
+        }
     }
 }
 

@@ -43,8 +43,8 @@ struct PodEntry {
     ip: Option<Ipv4Addr>,
     volumes: BTreeMap<String, PathBuf>,
     logs: BTreeMap<String, PathBuf>,
-    /// Process group ids of running containers.
-    groups: BTreeSet<i32>,
+    /// Process group id of each running container.
+    groups: BTreeMap<String, i32>,
 }
 
 impl Registry {
@@ -81,10 +81,20 @@ impl Registry {
     /// SIGKILLs every process the kubelet started.
     pub(crate) fn kill_all(&self) {
         for e in self.lock().values_mut() {
-            for g in std::mem::take(&mut e.groups) {
+            for g in std::mem::take(&mut e.groups).into_values() {
                 signal_group(g, rustix::process::Signal::KILL);
             }
         }
+    }
+
+    /// Sends `signal` to a container's processes; false if it runs none now.
+    pub(crate) fn signal(&self, ns: &str, pod: &str, container: &str, signal: rustix::process::Signal) -> bool {
+        let pods = self.lock();
+        let Some(&g) = pods.get(&(ns.to_owned(), pod.to_owned())).and_then(|e| e.groups.get(container)) else {
+            return false;
+        };
+        signal_group(g, signal);
+        true
     }
 
     fn with(&self, ns: &str, pod: &str, uid: &str, f: impl FnOnce(&mut PodEntry)) {
@@ -168,6 +178,8 @@ struct Container {
     ready: bool,
     child: Option<tokio::process::Child>,
     pgid: Option<i32>,
+    /// The pod's restartPolicy: Always, OnFailure or Never.
+    restart_policy: String,
     /// A container that is "run" without a process (an app image's own entrypoint).
     virtual_run: bool,
     backoff: Duration,
@@ -183,6 +195,7 @@ impl Container {
             name: spec["name"].as_str().unwrap_or_default().to_owned(),
             image: spec["image"].as_str().unwrap_or_default().to_owned(),
             state: State::Waiting { reason: waiting.into(), message: String::new() },
+            restart_policy: String::new(),
             last: None,
             restarts: 0,
             ready: false,
@@ -206,9 +219,9 @@ impl Container {
             State::Running { started } => started.clone(),
             _ => verbs::now(),
         };
-        if let Some(g) = self.pgid.take() {
+        if self.pgid.take().is_some() {
             ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
-                e.groups.remove(&g);
+                e.groups.remove(&self.name);
             });
         }
         self.child = None;
@@ -218,6 +231,15 @@ impl Container {
         if init && code == 0 {
             self.state = done;
             return Some(true);
+        }
+        let restart = match self.restart_policy.as_str() {
+            "Never" => false,
+            "OnFailure" => code != 0,
+            _ => true,
+        };
+        if !restart {
+            self.state = done;
+            return Some(false);
         }
         self.last = Some(done);
         self.crash_loop(ctx, String::new());
@@ -310,7 +332,7 @@ impl Container {
                 let pgid = child.id().and_then(|p| i32::try_from(p).ok());
                 if let Some(g) = pgid {
                     ctx.shared.kubelet.with(&ctx.ns, &ctx.name, &ctx.uid, |e| {
-                        e.groups.insert(g);
+                        e.groups.insert(self.name.clone(), g);
                     });
                 }
                 self.pgid = pgid;
@@ -431,7 +453,16 @@ impl Worker {
         let dir = shared.dir.join("pods").join(format!("{ns}_{name}_{uid}"));
         let spec = &pod["spec"];
         let list = |k: &str, waiting: &str| -> Vec<Container> {
-            spec[k].as_array().into_iter().flatten().map(|c| Container::new(c, waiting)).collect()
+            spec[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let mut c = Container::new(c, waiting);
+                    c.restart_policy = spec["restartPolicy"].as_str().unwrap_or("Always").to_owned();
+                    c
+                })
+                .collect()
         };
         let has_init = spec["initContainers"].as_array().is_some_and(|a| !a.is_empty());
         let main_waiting = if has_init { "PodInitializing" } else { "ContainerCreating" };
@@ -559,8 +590,8 @@ impl Worker {
         if c.child.is_some() || c.virtual_run {
             return false;
         }
-        if matches!(c.state, State::Terminated { .. }) {
-            return init;
+        if let State::Terminated { code, .. } = c.state {
+            return init && code == 0;
         }
         if c.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
@@ -751,10 +782,26 @@ impl Worker {
         let initialized = self.init_done == self.init.len();
         let running = initialized && self.main.iter().all(|c| matches!(c.state, State::Running { .. }));
         let any_running = initialized && self.main.iter().any(|c| matches!(c.state, State::Running { .. }));
+        let exit_code = |c: &Container| match c.state {
+            State::Terminated { code, .. } => Some(code),
+            _ => None,
+        };
+        let init_failed = self.init.iter().any(|c| exit_code(c).is_some_and(|code| code != 0));
+        let all_exited = initialized && !self.main.is_empty() && self.main.iter().all(|c| exit_code(c).is_some());
+        let phase = if init_failed || (all_exited && self.main.iter().any(|c| exit_code(c) != Some(0))) {
+            "Failed"
+        } else if all_exited {
+            "Succeeded"
+        } else if any_running {
+            "Running"
+        } else {
+            "Pending"
+        };
         let unready: Vec<String> = self.main.iter().filter(|c| !c.ready).map(|c| c.name.clone()).collect();
         let incomplete: Vec<String> =
             self.init[self.init_done.min(self.init.len())..].iter().map(|c| c.name.clone()).collect();
         let ready = running && unready.is_empty();
+        let not_ready = if matches!(phase, "Succeeded" | "Failed") { "PodCompleted" } else { "ContainersNotReady" };
         let unready_msg = format!("containers with unready status: [{}]", unready.join(" "));
         let sandbox = self.volumes_ready;
         let conditions = vec![
@@ -765,13 +812,13 @@ impl Worker {
                 "ContainersNotInitialized",
                 &format!("containers with incomplete status: [{}]", incomplete.join(" ")),
             ),
-            self.condition("Ready", ready, "ContainersNotReady", &unready_msg),
-            self.condition("ContainersReady", ready, "ContainersNotReady", &unready_msg),
+            self.condition("Ready", ready, not_ready, &unready_msg),
+            self.condition("ContainersReady", ready, not_ready, &unready_msg),
             self.condition("PodScheduled", true, "", ""),
         ];
         let ip = self.ip.map(|i| i.to_string());
         let mut status = json!({
-            "phase": if any_running { "Running" } else { "Pending" },
+            "phase": phase,
             "conditions": conditions,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
@@ -836,6 +883,9 @@ pub(crate) fn map_arg(arg: &str, mounts: &[(String, PathBuf)], image_root: Optio
     }
     if let Some(port) = arg.strip_prefix("0.0.0.0:") {
         return format!("{ip}:{port}");
+    }
+    if arg == "0.0.0.0" {
+        return ip.to_string();
     }
     if !arg.starts_with('/') {
         return arg.to_owned();
@@ -924,6 +974,7 @@ mod tests {
         assert_eq!(m("/app"), image.path().join("app").display().to_string());
         assert_eq!(m("/nowhere"), "/nowhere");
         assert_eq!(m("0.0.0.0:7470"), "127.9.8.7:7470");
+        assert_eq!(m("0.0.0.0"), "127.9.8.7");
         assert_eq!(m("--listen=0.0.0.0:80"), "--listen=127.9.8.7:80");
         assert_eq!(m("serve"), "serve");
     }

@@ -7,7 +7,7 @@
 //! The product code cannot tell it from a cluster: it reads the kubeconfig and talks HTTPS.
 //!
 //! What it does not do (callers beware): no admission webhooks are called (injection must be
-//! done by the client), no strategic merge patch or server-side apply (415), no
+//! done by the client), no server-side apply (415), no
 //! `managedFields`, no YAML or protobuf bodies, no `shareProcessNamespace` (a signal by
 //! process name reaches any process of the host with that name), readOnly mounts are not
 //! enforced, app containers without a `command` are reported Running but not run, and the
@@ -22,6 +22,7 @@ mod resources;
 mod selector;
 mod server;
 mod store;
+mod strategic;
 mod validate;
 mod verbs;
 mod watch;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     /// Where pods' volumes and logs live.
     pub(crate) dir: PathBuf,
     pub(crate) kubelet: kubelet::Registry,
+    /// Bumped to end every open watch.
+    pub(crate) watch_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -80,7 +83,8 @@ impl Shared {
 
     /// The image, if it "exists" (can be pulled).
     pub(crate) fn image(&self, name: &str) -> Option<Image> {
-        if name.starts_with("hotsync-agent:") || name.contains("/hotsync-agent:") {
+        let last = name.rsplit('/').next().unwrap_or(name);
+        if last.starts_with("hotsync-agent:") || last.starts_with("hotsync-agent@") {
             return Some(Image::Agent);
         }
         let images = self.images.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -121,6 +125,7 @@ impl FakeCluster {
             token: token.clone(),
             dir: dir.path().to_owned(),
             kubelet: kubelet::Registry::new(),
+            watch_epoch: tokio::sync::watch::Sender::new(0),
         });
         {
             let mut store = shared.store();
@@ -241,6 +246,21 @@ impl FakeCluster {
     /// What a container of a pod wrote to stdout and stderr so far (all its restarts).
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> String {
         self.shared.kubelet.log(namespace, pod, container)
+    }
+
+    /// Kills a container's processes with SIGKILL, as a crash or the OOM killer would; the
+    /// kubelet restarts it after its back-off (restartCount + 1). Panics if it runs no process.
+    pub fn kill_container(&self, namespace: &str, pod: &str, container: &str) {
+        assert!(
+            self.shared.kubelet.signal(namespace, pod, container, rustix::process::Signal::KILL),
+            "fake kube: {namespace}/{pod} runs no process for container {container:?}"
+        );
+    }
+
+    /// Ends every open watch now, as an API server restart (or a load balancer) does; clients
+    /// watch again from their last resourceVersion (410 Expired after a `compact`).
+    pub fn close_watches(&self) {
+        self.shared.watch_epoch.send_modify(|e| *e += 1);
     }
 
     /// Sets `spec.replicas` of a deployment, like `kubectl scale` (through the store: a new

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::errors::{ApiError, delete_success};
 use super::resources::{RESOURCES, Resource, find};
 use super::selector::{FieldSelector, LabelSelector};
+use super::store::Store;
 use super::verbs::{self, Deleted, FieldCheck, Part};
 use super::{Shared, portforward, watch};
 
@@ -334,8 +335,13 @@ async fn serve(
             let (parts, body) = body_bytes(req).await?;
             let obj = json_body(&parts, &body)?;
             let mut check = FieldCheck::from_query(query.get("fieldValidation"));
-            let created =
-                verbs::create_checked(&mut shared.store(), res, target.namespace.as_deref(), obj, &mut check)?;
+            let created = verbs::create_checked(
+                &mut *writable(shared, &query)?,
+                res,
+                target.namespace.as_deref(),
+                obj,
+                &mut check,
+            )?;
             Ok(with_warnings(json_response(201, &created), &check))
         }
         (Method::PUT, Some(name), None | Some("status")) => {
@@ -343,13 +349,14 @@ async fn serve(
             let obj = json_body(&parts, &body)?;
             let part = if sub == Some("status") { Part::Status } else { Part::Main };
             let mut check = FieldCheck::from_query(query.get("fieldValidation"));
-            let updated = verbs::update_checked(&mut shared.store(), res, &ns, &name, obj, part, &mut check)?;
+            let updated =
+                verbs::update_checked(&mut *writable(shared, &query)?, res, &ns, &name, obj, part, &mut check)?;
             Ok(with_warnings(json_response(200, &updated), &check))
         }
         (Method::PUT, Some(name), Some("scale")) if has_scale(res) => {
             let (parts, body) = body_bytes(req).await?;
             let scale = json_body(&parts, &body)?;
-            let mut store = shared.store();
+            let mut store = writable(shared, &query)?;
             let mut obj = store.get(res, &ns, &name).cloned().ok_or_else(|| ApiError::not_found(res, &name))?;
             if let Some(rv) = scale["metadata"]["resourceVersion"].as_str() {
                 obj["metadata"]["resourceVersion"] = json!(rv);
@@ -363,7 +370,7 @@ async fn serve(
             let part = if sub == Some("status") { Part::Status } else { Part::Main };
             let mut check = FieldCheck::from_query(query.get("fieldValidation"));
             let patched = verbs::patch_checked(
-                &mut shared.store(),
+                &mut *writable(shared, &query)?,
                 res,
                 &ns,
                 &name,
@@ -376,13 +383,16 @@ async fn serve(
         }
         (Method::PATCH, Some(name), Some("scale")) if has_scale(res) => {
             let (parts, body) = body_bytes(req).await?;
-            let mut store = shared.store();
+            let mut store = writable(shared, &query)?;
             let obj = store.get(res, &ns, &name).cloned().ok_or_else(|| ApiError::not_found(res, &name))?;
             let mut scale = scale_of(&obj);
             let ct = content_type(&parts);
             let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(&e.to_string()))?;
             match ct.split(';').next().unwrap_or_default().trim() {
                 "application/merge-patch+json" => json_patch::merge(&mut scale, &patch),
+                "application/strategic-merge-patch+json" => {
+                    scale = super::strategic::apply(&scale, &patch, false).map_err(|e| ApiError::bad_request(&e))?;
+                }
                 "application/json-patch+json" => {
                     let ops: json_patch::Patch =
                         serde_json::from_value(patch).map_err(|e| ApiError::bad_request(&e.to_string()))?;
@@ -404,7 +414,12 @@ async fn serve(
                 .and_then(|g| g.parse().ok())
                 .or_else(|| opts["gracePeriodSeconds"].as_i64());
             let precondition = opts["preconditions"]["resourceVersion"].as_str();
-            match verbs::delete(&mut shared.store(), res, &ns, &name, grace, precondition)? {
+            // DeleteOptions may carry `dryRun` in the body rather than the query.
+            let mut query = Query(query.0.clone());
+            if opts["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All")) {
+                query.0.push(("dryRun".into(), "All".into()));
+            }
+            match verbs::delete(&mut *writable(shared, &query)?, res, &ns, &name, grace, precondition)? {
                 Deleted::Marked(obj) => Ok(json_response(200, &obj)),
                 Deleted::Gone(obj) if returns_deleted_object(res) => Ok(json_response(200, &obj)),
                 Deleted::Gone(obj) => Ok(json_response(
@@ -416,7 +431,13 @@ async fn serve(
         (Method::DELETE, None, None) => {
             let label = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
                 .map_err(|e| ApiError::bad_request(&e))?;
-            let mut store = shared.store();
+            let (_, body) = body_bytes(req).await?;
+            let opts: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            let mut query = Query(query.0.clone());
+            if opts["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All")) {
+                query.0.push(("dryRun".into(), "All".into()));
+            }
+            let mut store = writable(shared, &query)?;
             let names: Vec<(String, String)> = store
                 .list(res, target.namespace.as_deref())
                 .into_iter()
@@ -438,6 +459,42 @@ async fn serve(
             Ok(json_response(200, &list_body(res, store.rv(), &items)))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// The store a write goes to: the real one, or with `dryRun=All` a scratch copy (the write is
+/// checked and answered as usual, and forgotten).
+fn writable<'a>(shared: &'a Shared, query: &Query) -> Result<Writable<'a>, ApiError> {
+    match query.get("dryRun") {
+        None | Some("") => Ok(Writable::Real(shared.store())),
+        Some("All") => Ok(Writable::Scratch(shared.store().scratch())),
+        Some(other) => {
+            Err(ApiError::bad_request(&format!("dryRun: Unsupported value: {other:?}: supported values: \"All\"")))
+        }
+    }
+}
+
+enum Writable<'a> {
+    Real(std::sync::MutexGuard<'a, Store>),
+    Scratch(Store),
+}
+
+impl std::ops::Deref for Writable<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        match self {
+            Writable::Real(g) => g,
+            Writable::Scratch(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Writable<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        match self {
+            Writable::Real(g) => g,
+            Writable::Scratch(s) => s,
+        }
     }
 }
 

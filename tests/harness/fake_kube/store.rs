@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use super::resources::{RESOURCES, Resource, index_of};
 
 /// How many events the log keeps: a watch from an older resourceVersion gets 410 Expired.
-const LOG_CAPACITY: usize = 20_000;
+const LOG_CAPACITY: usize = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventType {
@@ -64,6 +64,12 @@ impl Store {
     pub(crate) fn new() -> Self {
         let (tx, _) = broadcast::channel(65_536);
         Self { objects: BTreeMap::new(), rv: 0, log: VecDeque::new(), compacted: 0, tx }
+    }
+
+    /// A copy of the objects that announces nothing and logs nothing (for dry runs).
+    pub(crate) fn scratch(&self) -> Store {
+        let (tx, _) = broadcast::channel(16);
+        Self { objects: self.objects.clone(), rv: self.rv, log: VecDeque::new(), compacted: self.rv, tx }
     }
 
     /// The current resourceVersion (that of the last write).

@@ -40,9 +40,46 @@ pub(crate) fn object(res: &Resource, obj: &Value) -> Vec<Cause> {
     match (res.group, res.plural) {
         ("", "pods") => pod_spec(&obj["spec"], "spec", &mut causes),
         ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") => workload(res, obj, &mut causes),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") => webhooks(obj, &mut causes),
         _ => {}
     }
     causes
+}
+
+/// A webhook must say its side effects and the AdmissionReview versions it speaks, and name
+/// where it is served.
+fn webhooks(obj: &Value, causes: &mut Vec<Cause>) {
+    for (i, w) in obj["webhooks"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("webhooks[{i}]");
+        match w["sideEffects"].as_str() {
+            Some("None" | "NoneOnDryRun") => {}
+            Some(other) => causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                message: format!("Unsupported value: {other:?}: supported values: \"None\", \"NoneOnDryRun\""),
+                field: format!("{at}.sideEffects"),
+            }),
+            None => causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                message: "Unsupported value: \"\": supported values: \"None\", \"NoneOnDryRun\"".into(),
+                field: format!("{at}.sideEffects"),
+            }),
+        }
+        if w["admissionReviewVersions"].as_array().is_none_or(Vec::is_empty) {
+            causes.push(Cause::required(format!("{at}.admissionReviewVersions"), "must specify one of v1, v1beta1"));
+        }
+        let cc = &w["clientConfig"];
+        if cc["url"].is_null() && cc["service"].is_null() {
+            causes.push(Cause::required(format!("{at}.clientConfig"), "exactly one of url or service is required"));
+        }
+        if w["name"].as_str().is_none_or(|n| !is_dns_subdomain(n) || !n.contains('.')) {
+            let name = w["name"].as_str().unwrap_or_default();
+            causes.push(Cause::invalid(
+                format!("{at}.name"),
+                name,
+                "should be a domain with at least three segments separated by dots",
+            ));
+        }
+    }
 }
 
 /// Checks an update against the stored object: the object checks plus immutable fields.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::errors::ApiError;
 use super::resources::{Resource, by_plural};
 use super::store::Store;
-use super::{defaults, validate};
+use super::{defaults, strategic, validate};
 
 /// The time now, as the API server writes timestamps (RFC 3339, seconds, UTC).
 pub(crate) fn now() -> String {
@@ -143,6 +143,14 @@ pub(crate) fn create_checked(
             labels["kubernetes.io/metadata.name"] = json!(name);
         }
         ("apps", _) => obj["status"] = json!({}),
+        ("", "services") => {
+            obj["status"] = json!({"loadBalancer": {}});
+            if obj["spec"]["type"] != "ExternalName" && obj["spec"]["clusterIP"].as_str().is_none_or(str::is_empty) {
+                let ip = format!("10.96.{}.{}", random() % 256, 1 + random() % 254);
+                obj["spec"]["clusterIP"] = json!(ip);
+                obj["spec"]["clusterIPs"] = json!([ip]);
+            }
+        }
         _ => {}
     }
     Ok(store.insert(res, &ns, obj))
@@ -373,6 +381,11 @@ pub(crate) fn update_checked(
             }
         }
     }
+    if res.is("", "services") && obj["spec"]["clusterIP"].is_null() {
+        // The allocated address stays when an update leaves it out.
+        obj["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
+        obj["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+    }
     defaults::apply(res, &mut obj);
     let causes = validate::update(res, &old, &obj);
     if !causes.is_empty() {
@@ -397,10 +410,11 @@ pub(crate) fn update_checked(
     Ok(store.replace(res, ns, obj))
 }
 
-/// The media types PATCH accepts here. Strategic merge patch and server-side apply are not
-/// implemented: the fake answers them 415, as a server does for a type that lacks them
-/// (custom resources for strategic merge), so a client depending on them fails loudly.
-pub(crate) const PATCH_TYPES: &[&str] = &["application/json-patch+json", "application/merge-patch+json"];
+/// The media types PATCH accepts here. Server-side apply (`application/apply-patch+yaml`) is
+/// not implemented: the fake answers it 415, as a server does for a patch type it does not
+/// serve, so a client depending on it fails loudly rather than meeting made-up semantics.
+pub(crate) const PATCH_TYPES: &[&str] =
+    &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"];
 
 /// Patches an object as `PATCH` does, then stores it as an update (same checks).
 pub(crate) fn patch(
@@ -439,6 +453,8 @@ pub(crate) fn patch_checked(
     let mut obj = current.clone();
     if ct == "application/merge-patch+json" {
         json_patch::merge(&mut obj, &patch);
+    } else if ct == "application/strategic-merge-patch+json" {
+        obj = strategic::apply(&obj, &patch, res.is("", "services")).map_err(|e| ApiError::bad_request(&e))?;
     } else {
         let ops: json_patch::Patch =
             serde_json::from_value(patch).map_err(|e| ApiError::bad_request(&format!("error decoding patch: {e}")))?;

@@ -126,6 +126,7 @@ pub(crate) fn start(
             }
         }
     }
+    let mut epoch = shared.watch_epoch.subscribe();
     tokio::spawn(async move {
         for b in first {
             if tx.send(b).await.is_err() {
@@ -141,6 +142,7 @@ pub(crate) fn start(
             tokio::select! {
                 () = &mut deadline => return,
                 () = tx.closed() => return,
+                _ = epoch.changed() => return,
                 _ = tick.tick(), if bookmarks => {
                     if tx.send(bookmark(res, last_rv, false)).await.is_err() {
                         return;
