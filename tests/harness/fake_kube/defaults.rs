@@ -79,11 +79,11 @@ pub(crate) fn pod_spec(spec: &mut Value) {
     set(spec, "schedulerName", json!("default-scheduler"));
     set(spec, "securityContext", json!({}));
     for list in ["initContainers", "containers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             container(c);
         }
     }
-    for v in spec["volumes"].as_array_mut().into_iter().flatten() {
+    for v in spec.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten() {
         for source in ["secret", "configMap"] {
             if v[source].is_object() {
                 set(&mut v[source], "defaultMode", json!(0o644));

@@ -108,7 +108,7 @@ fn pod_update_allowed(old: &Value, new: &Value) -> bool {
     let strip = |spec: &Value| {
         let mut s = spec.clone();
         for list in ["containers", "initContainers"] {
-            for c in s[list].as_array_mut().into_iter().flatten() {
+            for c in s.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
                 c["image"] = Value::Null;
             }
         }
