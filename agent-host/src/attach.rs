@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hotsync_core::proto::AGENT_SERVER_NAME;
-use hotsync_inject::{AGENT_PORT, Options, Reload};
+use hotsync_inject::{AGENT_PORT, Options};
 use hotsync_transport::{Identity, Role};
 use kube::api::DynamicObject;
 use tokio::sync::watch;
@@ -398,25 +398,4 @@ pub async fn detach(
         std::fs::remove_dir_all(&local).with_context(|| format!("cannot remove {}", local.display()))?;
     }
     Ok(())
-}
-
-/// The reload action from flags, else the project file.
-pub fn reload_from(
-    signal: Option<String>,
-    process: Option<String>,
-    exec: Option<String>,
-    project: Option<&Project>,
-) -> Reload {
-    match (signal, process, exec) {
-        (Some(signal), Some(process), _) => Reload::Signal { signal, process },
-        (_, _, Some(command)) => Reload::Exec { command },
-        _ => match project.and_then(|p| p.reload.clone()) {
-            Some(r) => match (r.signal, r.process, r.exec) {
-                (Some(signal), Some(process), _) => Reload::Signal { signal, process },
-                (_, _, Some(command)) => Reload::Exec { command },
-                _ => Reload::None,
-            },
-            None => Reload::None,
-        },
-    }
 }

@@ -12,7 +12,7 @@ use hotsync_transport::{Identity, Role};
 
 use crate::attach::{AttachPlan, ClusterTransport};
 use crate::cluster::ClusterArgs;
-use crate::project::SyncMapping;
+use crate::project::{Project, SyncMapping};
 use crate::send::ChunkMemory;
 use crate::session::{self, Route, SessionConfig, Transport};
 use crate::source;
@@ -154,15 +154,8 @@ pub struct AttachArgs {
     /// What to sync where: LOCAL:REMOTE (default: .:/app).
     #[arg(long, value_name = "LOCAL:REMOTE")]
     pub sync: Option<String>,
-    /// After each changeset, send this signal (HUP, USR1…) to the process named by --reload-process.
-    #[arg(long, requires = "reload_process", value_name = "SIGNAL")]
-    pub reload_signal: Option<String>,
-    /// The process that gets the reload signal: its name, as `ps` shows it (e.g. gunicorn).
-    #[arg(long, value_name = "NAME")]
-    pub reload_process: Option<String>,
-    /// After each changeset, run this command in the synced directory (in the sidecar).
-    #[arg(long, conflicts_with = "reload_signal", value_name = "CMD")]
-    pub reload_exec: Option<String>,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
     /// The sidecar image (default: hotsync-agent:VERSION; load it into your cluster first).
     #[arg(long, value_name = "IMAGE")]
     pub agent_image: Option<String>,
@@ -181,11 +174,6 @@ pub struct AttachArgs {
     /// How long to wait for the rollout.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub timeout: u64,
-    /// Owner of the synced files and user of the sidecar (default: the app container's).
-    #[arg(long, value_name = "UID")]
-    pub run_as_user: Option<i64>,
-    #[arg(long, value_name = "GID")]
-    pub run_as_group: Option<i64>,
     /// Where to keep the hash cache (default: $XDG_CACHE_HOME/hotsync or ~/.cache/hotsync).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -273,13 +261,23 @@ pub struct InjectArgs {
     /// The sidecar image.
     #[arg(long, default_value = concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")))]
     pub agent_image: String,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+    /// Where the host keeps workload credentials (default: $XDG_CONFIG_HOME/hotsync/credentials).
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// How the injected sidecar behaves (`attach` and `inject`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SidecarArgs {
     /// After each changeset, send this signal (HUP, USR1…) to the process named by --reload-process.
     #[arg(long, requires = "reload_process", value_name = "SIGNAL")]
     pub reload_signal: Option<String>,
     /// The process that gets the reload signal: its name, as `ps` shows it (e.g. gunicorn).
     #[arg(long, value_name = "NAME")]
     pub reload_process: Option<String>,
-    /// After each changeset, run this command in the synced directory.
+    /// After each changeset, run this command in the synced directory (in the sidecar).
     #[arg(long, conflicts_with = "reload_signal", value_name = "CMD")]
     pub reload_exec: Option<String>,
     /// Owner of the synced files and user of the sidecar (default: the app container's).
@@ -287,9 +285,21 @@ pub struct InjectArgs {
     pub run_as_user: Option<i64>,
     #[arg(long, value_name = "GID")]
     pub run_as_group: Option<i64>,
-    /// Where the host keeps workload credentials (default: $XDG_CONFIG_HOME/hotsync/credentials).
-    #[arg(long, value_name = "DIR")]
-    pub credentials_dir: Option<PathBuf>,
+}
+
+impl SidecarArgs {
+    /// The reload action the flags give, else the project file's.
+    pub fn reload(&self, project: Option<&Project>) -> Reload {
+        let from_project = project.and_then(|p| p.reload.clone()).unwrap_or_default();
+        let signal = self.reload_signal.clone().or(from_project.signal);
+        let process = self.reload_process.clone().or(from_project.process);
+        let exec = self.reload_exec.clone().or(from_project.exec);
+        match (signal, process, exec) {
+            (Some(signal), Some(process), _) if self.reload_exec.is_none() => Reload::Signal { signal, process },
+            (_, _, Some(command)) => Reload::Exec { command },
+            _ => Reload::None,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -376,9 +386,9 @@ async fn attach(a: AttachArgs) -> anyhow::Result<()> {
             .or_else(|| p.and_then(|p| p.agent_image.clone()))
             .unwrap_or_else(|| concat!("hotsync-agent:", env!("CARGO_PKG_VERSION")).into()),
         secret: String::new(),
-        reload: crate::attach::reload_from(a.reload_signal, a.reload_process, a.reload_exec, p),
-        run_as_user: a.run_as_user,
-        run_as_group: a.run_as_group,
+        reload: a.sidecar.reload(p),
+        run_as_user: a.sidecar.run_as_user,
+        run_as_group: a.sidecar.run_as_group,
     };
     crate::attach::attach(AttachPlan {
         workload,
@@ -406,19 +416,15 @@ fn credentials(out: &Path) -> anyhow::Result<()> {
 }
 
 fn inject(a: InjectArgs) -> anyhow::Result<()> {
-    let reload = match (a.reload_signal, a.reload_process, a.reload_exec) {
-        (Some(signal), Some(process), _) => Reload::Signal { signal, process },
-        (_, _, Some(command)) => Reload::Exec { command },
-        _ => Reload::None,
-    };
+    let reload = a.sidecar.reload(None);
     let options = Options {
         container: a.container,
         path: a.path,
         agent_image: a.agent_image,
         secret: String::new(),
         reload,
-        run_as_user: a.run_as_user,
-        run_as_group: a.run_as_group,
+        run_as_user: a.sidecar.run_as_user,
+        run_as_group: a.sidecar.run_as_group,
     };
     let credentials_root = a.credentials_dir.unwrap_or_else(|| config_dir().join("credentials"));
     let text = crate::manifests::read_manifests(&a.file)?;
@@ -503,4 +509,29 @@ pub(crate) fn cache_files(root: &Path, dir: Option<&Path>) -> (PathBuf, PathBuf)
     );
     let key = hotsync_core::Hash::of(root.as_os_str().as_encoded_bytes()).short();
     (dir.join(format!("{key}.hashes")), dir.join(format!("{key}.chunks")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_flags_override_the_project_file() {
+        let project = Project::parse("reload: {exec: make reload}\n", "hotsync.yaml", Path::new(".")).unwrap();
+        let none = SidecarArgs::default();
+        assert_eq!(none.reload(Some(&project)), Reload::Exec { command: "make reload".into() });
+        assert_eq!(none.reload(None), Reload::None);
+        let signal = SidecarArgs {
+            reload_signal: Some("HUP".into()),
+            reload_process: Some("app".into()),
+            ..SidecarArgs::default()
+        };
+        assert_eq!(signal.reload(Some(&project)), Reload::Signal { signal: "HUP".into(), process: "app".into() });
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -47,7 +47,7 @@ pub struct Project {
 }
 
 /// `reload:` — a signal for a process, or a command.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadSpec {
     pub signal: Option<String>,
