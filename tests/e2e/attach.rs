@@ -336,3 +336,34 @@ fn ca_bundle(config: &Value) -> String {
     let b64 = config["webhooks"][0]["clientConfig"]["caBundle"].as_str().unwrap();
     String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
 }
+
+#[test]
+fn a_statefulset_is_attached_like_a_deployment() {
+    let dev = Dev::new(1);
+    dev.cluster.create(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {
+            "replicas": 2,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "db", "image": APP_IMAGE}]}
+            }
+        }
+    }));
+    let out = dev.run(&["attach", "sts/db", "--sync", ".:/app", "--once"]);
+    assert!(out.status.success(), "attach sts/db: {}", stderr(&out));
+    let pods = dev.cluster.pods("default", "app=db");
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        assert!(is_injected(pod));
+        let root = dev.cluster.pod_root("default", pod["metadata"]["name"].as_str().unwrap()).unwrap();
+        assert_eq!(listing_without(&root, &["node_modules"]), listing(&dev.src));
+    }
+    let out = dev.run(&["detach", "statefulset/db"]);
+    assert!(out.status.success(), "detach: {}", stderr(&out));
+    assert!(dev.cluster.get("/api/v1/namespaces/default/secrets/hotsync-db").is_none());
+}
