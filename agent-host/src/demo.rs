@@ -128,6 +128,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }
     session.abort();
+    // The session holds the last receiver of snapshots: once it is gone, the watcher stops
+    // before the example tree is removed.
+    let _ = session.await;
     for e in agent_endpoints {
         e.close(0u32.into(), b"demo over");
     }

@@ -182,6 +182,10 @@ impl Source {
 
     /// Applies a batch and publishes a snapshot if anything changed; false once nobody listens.
     fn apply_and_publish(&mut self, batch: Batch, changed_at: Instant, tx: &watch::Sender<Arc<Snapshot>>) -> bool {
+        if tx.is_closed() {
+            // Nobody syncs any more (the source may be on its way out, as at the demo's end).
+            return false;
+        }
         let before = self.index.root_hash();
         let skipped_before = self.skipped.len();
         self.apply(batch);
