@@ -367,3 +367,45 @@ fn a_statefulset_is_attached_like_a_deployment() {
     assert!(out.status.success(), "detach: {}", stderr(&out));
     assert!(dev.cluster.get("/api/v1/namespaces/default/secrets/hotsync-db").is_none());
 }
+
+#[test]
+fn pods_annotated_for_the_webhook_get_the_sidecar_and_attach_just_connects() {
+    let dev = Dev::new(1);
+    let out = dev.run(&["webhook", "install", "--timeout", "120"]);
+    assert!(out.status.success(), "install: {}", stderr(&out));
+
+    // The user's one change: the annotation in the pod template (as `kubectl patch` does).
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {"hotsync.dev/inject": "true"}}}}});
+    merge_patch(&dev.cluster, "web", &patch);
+    // The API server asks the webhook: the new pod comes with the sidecar, which waits for its
+    // credentials Secret.
+    wait_until("a pod injected by the webhook", || dev.pods().iter().any(is_injected));
+    let template_before = dev.cluster.get(DEPLOYMENT).unwrap()["spec"]["template"].clone();
+
+    let out = dev.run(&["attach", "deployment/web", "--sync", ".:/app", "--once"]);
+    assert!(out.status.success(), "attach: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from the admission webhook"));
+    assert_eq!(
+        dev.cluster.get(DEPLOYMENT).unwrap()["spec"]["template"],
+        template_before,
+        "attach left the template alone"
+    );
+    assert!(dev.cluster.get(SECRET).is_some(), "attach made the Secret the injected pods mount");
+    dev.wait_all_in_sync(1);
+}
+
+/// `kubectl patch deployment NAME --type merge -p PATCH`, through the real client.
+fn merge_patch(cluster: &FakeCluster, name: &str, patch: &Value) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, Patch, PatchParams};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(config).unwrap();
+        let api: Api<Deployment> = Api::namespaced(client, "default");
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    });
+}

@@ -123,6 +123,11 @@ impl ApiError {
         status(403, "Forbidden", &msg, Some(details(res, name)))
     }
 
+    /// A mutating or validating webhook refused the request.
+    pub(crate) fn admission_denied(webhook: &str, message: &str) -> Self {
+        status(400, "BadRequest", &format!("admission webhook {webhook:?} denied the request: {message}"), None)
+    }
+
     /// 410 for a resourceVersion older than the retained history.
     pub(crate) fn expired(message: &str) -> Self {
         status(410, "Expired", message, None)

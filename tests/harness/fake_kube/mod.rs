@@ -13,6 +13,7 @@
 //! enforced, app containers without a `command` are reported Running but not run, and the
 //! restart backoff is shorter than the kubelet's (1 s doubling to 10 s).
 
+mod admission;
 mod controllers;
 mod defaults;
 mod errors;

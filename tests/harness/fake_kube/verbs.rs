@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
+use super::admission;
 use super::errors::ApiError;
 use super::resources::{Resource, by_plural};
 use super::store::Store;
@@ -116,6 +117,12 @@ pub(crate) fn create_checked(
     decode(res, &mut obj, check)?;
     merge_string_data(res, &mut obj);
     defaults::apply(res, &mut obj);
+    if res.is("", "pods") {
+        // Mutating admission runs between defaulting and validation; what it adds is
+        // defaulted again.
+        admission::mutate_on_create(store, res, &ns, &mut obj)?;
+        defaults::apply(res, &mut obj);
+    }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let causes = validate::object(res, &obj);
     if !causes.is_empty() {
