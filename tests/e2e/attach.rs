@@ -409,3 +409,23 @@ fn merge_patch(cluster: &FakeCluster, name: &str, patch: &Value) {
         api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     });
 }
+
+#[test]
+fn attach_survives_a_sidecar_crash_and_an_api_server_that_drops_its_watches() {
+    let dev = Dev::new(2);
+    let _attach = dev.attach(&[]);
+    dev.wait_all_in_sync(2);
+
+    // The sidecar of one pod crashes; edits made meanwhile reach it once the kubelet restarts it.
+    let pod = dev.pods()[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    dev.cluster.kill_container("default", &pod, "hotsync-agent");
+    write(&dev.src.join("server.py"), "print('edited while the sidecar was down')\n");
+    dev.wait_all_in_sync(2);
+
+    // The API server ends every watch and forgets their history (410 on resume): the pod
+    // watch lists again, and a pod made after that is still found and synced.
+    dev.cluster.compact();
+    dev.cluster.close_watches();
+    dev.cluster.scale("default", "web", 3);
+    dev.wait_all_in_sync(3);
+}
