@@ -2,16 +2,56 @@
 //! real HTTPS with a CA of its own, a kubeconfig, real Kubernetes JSON and `Status` errors,
 //! resourceVersions and watches, RBAC denials, deployment/statefulset/daemonset controllers,
 //! and a "kubelet" that runs the pods' sidecars as real processes with pod IPs on loopback, so
-//! port-forward and direct UDP reach a real `hotsync-agent`.
+//! port-forward and direct UDP reach a real `hotsync-agent`. The product code cannot tell it
+//! from a cluster: it reads the kubeconfig and talks HTTPS.
 //!
-//! The product code cannot tell it from a cluster: it reads the kubeconfig and talks HTTPS.
+//! ```no_run
+//! # use hotsync_e2e::fake_kube::{FakeCluster, FakeOptions};
+//! let cluster = FakeCluster::start(FakeOptions {
+//!     agent_binary: hotsync_e2e::bin("hotsync-agent"),
+//!     images: [("web:1".to_owned(), "/path/to/image/root".into())].into(),
+//!     namespaces: vec!["team".into()],
+//! })
+//! .unwrap();
+//! cluster.create(serde_json::json!({
+//!     "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+//!     "spec": {
+//!         "replicas": 3,
+//!         "selector": {"matchLabels": {"app": "web"}},
+//!         "template": {
+//!             "metadata": {"labels": {"app": "web"}},
+//!             "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+//!         },
+//!     },
+//! }));
+//! // KUBECONFIG=cluster.kubeconfig() hotsync attach deployment/web …
+//! cluster.wait_for("3 ready pods", |c| c.ready_pods("default", "app=web").len() == 3);
+//! ```
+//!
+//! What it checks and refuses, as the real server does: a missing or wrong bearer token (401);
+//! `deny`ed verbs (403, checked before anything else); unknown paths (`404 page not found`);
+//! missing objects and namespaces (404); duplicates (409 AlreadyExists); a stale
+//! `metadata.resourceVersion` on update or patch, and delete preconditions (409 Conflict);
+//! history older than the event log (410 Expired); bodies that are not JSON or patches of
+//! other types (415); objects that do not decode as their type, kind or name mismatches,
+//! unknown fields with `fieldValidation=Strict` (400); and 422 Invalid for names that are not
+//! DNS names, pod specs without containers, duplicate container or volume names, volumeMounts
+//! naming no volume, duplicate mountPaths, bad ports, workload selectors that miss the
+//! template's labels or change, pod spec changes other than images, webhooks without
+//! sideEffects or admissionReviewVersions.
 //!
 //! What it does not do (callers beware): no admission webhooks are called (injection must be
-//! done by the client), no server-side apply (415), no
-//! `managedFields`, no YAML or protobuf bodies, no `shareProcessNamespace` (a signal by
-//! process name reaches any process of the host with that name), readOnly mounts are not
-//! enforced, app containers without a `command` are reported Running but not run, and the
-//! restart backoff is shorter than the kubelet's (1 s doubling to 10 s).
+//! done by the client); no server-side apply (415); no `managedFields`; no YAML, protobuf or
+//! CBOR bodies; `limit` returns everything with no `continue`; a list reads the present only
+//! (`resourceVersionMatch=Exact` of the past is 410); no foreground or orphan deletion (the
+//! garbage collector deletes dependents in the background); no Nodes, Events, Endpoints or
+//! custom resources; `pods/log` returns what was written so far (no `follow`); no
+//! `shareProcessNamespace` (a signal by process name reaches any process of the host with that
+//! name); readOnly mounts, security contexts and resource limits are not enforced; app
+//! containers without a `command` are reported Running and Ready but not run; httpGet and exec
+//! probes are not run (a run container is Ready once its declared TCP ports accept); native
+//! sidecars (init containers with restartPolicy Always) run like other init containers; the
+//! restart back-off is 1 s doubling to 10 s (the kubelet's: 10 s to 5 min).
 
 mod controllers;
 mod defaults;
