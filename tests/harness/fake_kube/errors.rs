@@ -41,6 +41,10 @@ impl Cause {
             field: field.into(),
         }
     }
+    /// `Invalid value: SHOWN: detail`, for values Go prints without quotes (numbers, structs).
+    pub(crate) fn invalid_shown(field: impl Into<String>, shown: &str, detail: &str) -> Self {
+        Self { reason: "FieldValueInvalid", message: format!("Invalid value: {shown}: {detail}"), field: field.into() }
+    }
     pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self { reason: "FieldValueForbidden", message: format!("Forbidden: {detail}"), field: field.into() }
     }
