@@ -423,6 +423,9 @@ fn unknown_images_back_off_and_missing_secrets_wait() {
             .iter()
             .any(|p| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating")
     });
+    let waiting = cluster.get("/api/v1/namespaces/team/pods/needs-secret").unwrap();
+    assert_eq!(waiting["status"]["phase"], "Pending");
+    assert!(waiting["status"]["podIP"].is_null(), "no sandbox, no IP, before the volumes are mounted");
     cluster.create(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "later", "namespace": "team"},

@@ -43,6 +43,8 @@ struct PodEntry {
     ip: Option<Ipv4Addr>,
     volumes: BTreeMap<String, PathBuf>,
     logs: BTreeMap<String, PathBuf>,
+    /// What the kubelet waits for (the event it would record), for failure messages.
+    note: String,
     /// Process group id of each running container.
     groups: BTreeMap<String, i32>,
 }
@@ -65,6 +67,10 @@ impl Registry {
 
     pub(crate) fn ip(&self, ns: &str, pod: &str) -> Option<Ipv4Addr> {
         self.lock().get(&(ns.to_owned(), pod.to_owned())).and_then(|e| e.ip)
+    }
+
+    pub(crate) fn note(&self, ns: &str, pod: &str) -> String {
+        self.lock().get(&(ns.to_owned(), pod.to_owned())).map(|e| e.note.clone()).unwrap_or_default()
     }
 
     pub(crate) fn volume(&self, ns: &str, pod: &str, volume: &str) -> Option<PathBuf> {
@@ -532,20 +538,28 @@ impl Worker {
     }
 
     async fn step(&mut self, pod: &Value) {
-        if self.ip.is_none() {
-            let ip = self.shared.kubelet.new_ip();
-            self.ip = Some(ip);
-            self.start_time = verbs::now();
-            self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.ip = Some(ip));
-        }
         if !self.volumes_ready {
             match self.prepare_volumes(pod) {
-                Ok(()) => self.volumes_ready = true,
+                Ok(()) => {
+                    self.volumes_ready = true;
+                    self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.note.clear());
+                }
                 Err(msg) => {
-                    self.volume_message = msg;
+                    // The kubelet reports this as an event (which the fake does not serve);
+                    // the container statuses say ContainerCreating meanwhile.
+                    if msg != self.volume_message {
+                        self.volume_message.clone_from(&msg);
+                        self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.note = msg);
+                    }
                     return;
                 }
             }
+        }
+        // The sandbox, and with it the pod's IP, comes once its volumes are mounted.
+        if self.ip.is_none() {
+            let ip = self.shared.kubelet.new_ip();
+            self.ip = Some(ip);
+            self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.ip = Some(ip));
         }
         self.refresh_volumes(pod);
         if self.init_done < self.init.len() {
@@ -833,9 +847,6 @@ impl Worker {
         if !self.init.is_empty() {
             status["initContainerStatuses"] =
                 json!(self.init.iter().map(|c| c.status(self.shared.image(&c.image).is_some())).collect::<Vec<_>>());
-        }
-        if !self.volume_message.is_empty() && !self.volumes_ready {
-            status["message"] = json!(self.volume_message);
         }
         if status == self.last_status {
             return;

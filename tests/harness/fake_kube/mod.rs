@@ -419,6 +419,13 @@ impl FakeCluster {
                 is_ready(p),
                 json!([p["status"]["initContainerStatuses"], p["status"]["containerStatuses"]])
             );
+            let note = self.shared.kubelet.note(
+                p["metadata"]["namespace"].as_str().unwrap_or_default(),
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            if !note.is_empty() {
+                let _ = writeln!(out, "  kubelet: {note}");
+            }
         }
         out
     }
