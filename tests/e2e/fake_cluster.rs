@@ -895,3 +895,42 @@ fn the_webhook_manifests_install_and_their_pods_serve() {
     let pod = cluster.pod_names(ns, "app.kubernetes.io/name=hotsync-webhook").remove(0);
     assert!(cluster.container_log(ns, &pod, "webhook").contains("hotsync webhook listening"));
 }
+
+#[test]
+fn containers_get_their_environment_working_dir_and_references() {
+    let (cluster, image) = cluster();
+    cluster.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "envy"},
+        "spec": {
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{
+                "name": "c", "image": APP_IMAGE, "workingDir": "/app",
+                "command": ["/bin/sh", "-c", "echo \"$GREETING $(WHO) $TOKEN $POD_IP\" > /data/out; ls >> /data/out; exec sleep 600"],
+                "envFrom": [{"configMapRef": {"name": "settings"}}],
+                "env": [
+                    {"name": "WHO", "value": "$(GREETING)-world"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                ],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+        },
+    }));
+    cluster.wait_for("the container waits for its configuration", |c| {
+        c.pods("default", "")[0]["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError"
+    });
+    cluster.create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"GREETING": "hello"}}));
+    cluster.create(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}),
+    );
+    cluster.wait_for("the container runs", |c| c.ready_pods("default", "").len() == 1);
+    let out = cluster.pod_volume("default", "envy", "data").unwrap().join("out");
+    cluster.wait_for("it wrote its environment", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("index.html"))
+    });
+    let ip = cluster.pod_ip("default", "envy").unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text, format!("hello hello-world s3cret {ip}\nindex.html\n"), "working dir is the image's /app");
+    assert!(image.path().join("app/index.html").exists());
+}
