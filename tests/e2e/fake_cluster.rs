@@ -241,6 +241,19 @@ async fn authentication_rbac_media_types_and_validation_fail_like_a_cluster() {
     assert!(e.message.contains(r#"spec.template.spec.containers[0].name: Duplicate value: "web""#), "{}", e.message);
     assert!(e.message.contains("`selector` does not match template `labels`"), "{}", e.message);
 
+    // Injected server failures: the next request fails, the one after succeeds; kube retries
+    // a 503 on its own.
+    cluster.fail("get", "deployments", 500, 1);
+    let e = api_error(deploys.get("web").await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
+    deploys.get("web").await.unwrap();
+    let gets =
+        |c: &FakeCluster| c.requests().iter().filter(|(m, p)| m == "GET" && p.ends_with("/deployments/web")).count();
+    let before = gets(&cluster);
+    cluster.fail("get", "deployments", 503, 1);
+    deploys.get("web").await.unwrap();
+    assert_eq!(gets(&cluster), before + 2, "one 503, one retry");
+
     // Nothing was created by the refused requests.
     assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/broken").is_none());
     assert!(cluster.writes().iter().any(|(m, p)| m == "PUT" && p.ends_with("/deployments/web")));

@@ -169,6 +169,21 @@ impl ApiError {
         status(422, "Invalid", &msg, Some(d))
     }
 
+    /// What an overloaded or failing server answers: 429, 500, 503, 504 (others: 500's shape).
+    pub(crate) fn server_error(code: u16) -> Self {
+        let (reason, message) = match code {
+            429 => ("TooManyRequests", "Too many requests, please try again later."),
+            503 => ("ServiceUnavailable", "the server is currently unable to handle the request"),
+            504 => ("Timeout", "the server was unable to return a response in the time allotted"),
+            _ => ("InternalError", "Internal error occurred: injected by the test"),
+        };
+        let mut e = status(code, reason, message, None);
+        if code == 429 {
+            e.status["details"] = json!({"retryAfterSeconds": 1});
+        }
+        e
+    }
+
     pub(crate) fn internal(message: &str) -> Self {
         status(500, "InternalError", &format!("Internal error occurred: {message}"), None)
     }

@@ -98,6 +98,8 @@ pub struct FakeOptions {
 pub(crate) struct Shared {
     pub(crate) store: Mutex<Store>,
     pub(crate) denied: Mutex<BTreeSet<(String, String)>>,
+    /// (verb, resource, HTTP code, how many more times).
+    pub(crate) failures: Mutex<Vec<(String, String, u16, u32)>>,
     pub(crate) requests: Mutex<Vec<(String, String)>>,
     pub(crate) images: Mutex<BTreeMap<String, PathBuf>>,
     pub(crate) agent_binary: PathBuf,
@@ -119,6 +121,15 @@ impl Shared {
     pub(crate) fn is_denied(&self, verb: &str, resource: &str) -> bool {
         let denied = self.denied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         denied.iter().any(|(v, r)| (v == verb || v == "*") && (r == resource || r == "*"))
+    }
+
+    /// An injected failure for this request, if one is left (counts it down).
+    pub(crate) fn take_failure(&self, verb: &str, resource: &str) -> Option<u16> {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f =
+            failures.iter_mut().find(|f| (f.0 == verb || f.0 == "*") && (f.1 == resource || f.1 == "*") && f.3 > 0)?;
+        f.3 -= 1;
+        Some(f.2)
     }
 
     /// The image, if it "exists" (can be pulled).
@@ -159,6 +170,7 @@ impl FakeCluster {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new()),
             denied: Mutex::default(),
+            failures: Mutex::default(),
             requests: Mutex::default(),
             images: Mutex::new(opts.images),
             agent_binary: opts.agent_binary,
@@ -332,6 +344,13 @@ impl FakeCluster {
     /// or `plural/subresource` (`pods/portforward`, `deployments/scale`); `*` matches any.
     pub fn deny(&self, verb: &str, resource: &str) {
         self.shared.denied.lock().unwrap().insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// The next `times` requests for `verb` on `resource` (as for `deny`) fail with `code`
+    /// (429 with a Retry-After of 1 s, 500, 503, 504) before anything else happens, as from an
+    /// overloaded or restarting API server.
+    pub fn fail(&self, verb: &str, resource: &str, code: u16, times: u32) {
+        self.shared.failures.lock().unwrap().push((verb.to_owned(), resource.to_owned(), code, times));
     }
 
     /// Undoes a `deny`.
