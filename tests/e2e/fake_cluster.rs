@@ -145,6 +145,14 @@ async fn get_list_create_update_with_the_real_semantics() {
     assert_eq!((immutable.code, immutable.reason.as_str()), (422, "Invalid"));
     assert!(immutable.message.contains("field is immutable"), "{}", immutable.message);
 
+    // Someone else's edit makes our copy stale.
+    let before = deploys.get("web").await.unwrap();
+    let edited = cluster
+        .edit("/apis/apps/v1/namespaces/default/deployments/web", |d| d["metadata"]["labels"]["team"] = json!("a"));
+    assert_ne!(edited["metadata"]["resourceVersion"], json!(before.metadata.resource_version));
+    let e = api_error(deploys.replace("web", &PostParams::default(), &before).await.unwrap_err());
+    assert_eq!(e.code, 409);
+
     // A dry run is checked and answered, and changes nothing.
     let dry = PostParams { dry_run: true, ..PostParams::default() };
     let would = deploys.create(&dry, &serde_json::from_value(deployment("dry", 1)).unwrap()).await.unwrap();

@@ -264,6 +264,29 @@ impl FakeCluster {
         self.shared.store().get(target.res, target.namespace.as_deref().unwrap_or_default(), name).cloned()
     }
 
+    /// Changes a stored object as a `PUT` by someone else would (`kubectl edit`): defaults,
+    /// checks, a new resourceVersion, a MODIFIED event, a generation bump for spec changes.
+    /// Returns it as stored; panics when the server would refuse the change.
+    pub fn edit(&self, path: &str, change: impl FnOnce(&mut Value)) -> Value {
+        let target = server::route(path).unwrap_or_else(|| panic!("fake kube: no resource at {path}"));
+        let name = target.name.as_deref().unwrap_or_else(|| panic!("fake kube: {path} names no object"));
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        let mut store = self.shared.store();
+        let mut obj =
+            store.get(target.res, ns, name).cloned().unwrap_or_else(|| panic!("fake kube: nothing at {path}"));
+        change(&mut obj);
+        verbs::update(&mut store, target.res, ns, name, obj, verbs::Part::Main)
+            .unwrap_or_else(|e| panic!("fake kube: edit refused: {}", e.status))
+    }
+
+    /// Deletes an object as `DELETE` would (graceful for pods); false if there was none.
+    pub fn delete(&self, path: &str) -> bool {
+        let target = server::route(path).unwrap_or_else(|| panic!("fake kube: no resource at {path}"));
+        let name = target.name.as_deref().unwrap_or_else(|| panic!("fake kube: {path} names no object"));
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        verbs::delete(&mut self.shared.store(), target.res, ns, name, None, None).is_ok()
+    }
+
     /// Pods of `namespace` whose labels match `label_selector` (`""`: all), by name.
     pub fn pods(&self, namespace: &str, label_selector: &str) -> Vec<Value> {
         let sel = LabelSelector::parse(label_selector).unwrap_or_else(|e| panic!("label selector: {e}"));
