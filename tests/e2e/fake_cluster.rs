@@ -392,8 +392,13 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
         update_deployment(&deploys, "web", |d| d["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"}))
             .await;
     });
+    // Within maxSurge (25% of 4: 1) and maxUnavailable (1) at every moment we look.
+    let (mut most, mut fewest_ready) = (0, usize::MAX);
     cluster.wait_for("the rollout completes", |c| {
         let pods = c.pods("default", "app=web");
+        let active = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).count();
+        most = most.max(active);
+        fewest_ready = fewest_ready.min(pods.iter().filter(|p| is_ready(p)).count());
         let d = c.get(res).unwrap();
         let s = &d["status"];
         pods.len() == 4
@@ -403,6 +408,7 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
             && s["replicas"] == 4
             && s["conditions"][1]["reason"] == "NewReplicaSetAvailable"
     });
+    assert!(most <= 5 && fewest_ready >= 3, "surge {most} pods, down to {fewest_ready} ready");
     assert_eq!(d["metadata"]["generation"], 1);
     assert_eq!(cluster.get(res).unwrap()["metadata"]["generation"], 3, "scale and template changes are spec changes");
 
@@ -954,4 +960,27 @@ fn containers_get_their_environment_working_dir_and_references() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text, format!("hello hello-world s3cret {ip}\nindex.html\n"), "working dir is the image's /app");
     assert!(image.path().join("app/index.html").exists());
+}
+
+#[test]
+fn a_recreate_rollout_stops_the_old_pods_before_starting_new_ones() {
+    let (cluster, _image) = cluster();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let mut d = deployment("web", 2);
+    d["spec"]["strategy"] = json!({"type": "Recreate"});
+    cluster.create(d);
+    cluster.wait_for("2 ready pods", |c| c.ready_pods("default", "app=web").len() == 2);
+    cluster.edit(path, |d| d["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"}));
+    let mut mixed = false;
+    cluster.wait_for("the new pods", |c| {
+        let pods = c.pods("default", "app=web");
+        let hashes: std::collections::BTreeSet<_> =
+            pods.iter().map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str().unwrap().to_owned()).collect();
+        mixed |= hashes.len() > 1;
+        let d = c.get(path).unwrap();
+        d["status"]["updatedReplicas"] == 2
+            && d["status"]["replicas"] == 2
+            && c.ready_pods("default", "app=web").len() == 2
+    });
+    assert!(!mixed, "old and new pods never ran together");
 }
