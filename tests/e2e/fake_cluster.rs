@@ -43,6 +43,19 @@ fn api_error(e: kube::Error) -> Box<kube::core::Status> {
     }
 }
 
+/// The server writes no nulls (Go's omitempty) but for the zero times of structs it embeds:
+/// a template's `creationTimestamp`, a condition's `lastProbeTime`. A fake that wrote others
+/// would let a client depend on them.
+fn assert_no_nulls(v: &Value, at: &str) {
+    match v {
+        Value::Null if at.ends_with(".creationTimestamp") || at.ends_with(".lastProbeTime") => {}
+        Value::Null => panic!("a null at {at}"),
+        Value::Object(m) => m.iter().for_each(|(k, v)| assert_no_nulls(v, &format!("{at}.{k}"))),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| assert_no_nulls(v, &format!("{at}[{i}]"))),
+        _ => {}
+    }
+}
+
 fn forward_error(r: Result<kube::api::Portforwarder, kube::Error>) -> Box<kube::core::Status> {
     match r {
         Ok(_) => panic!("port-forward was expected to fail"),
@@ -99,6 +112,10 @@ async fn get_list_create_update_with_the_real_semantics() {
     assert_eq!(c.termination_message_path.as_deref(), Some("/dev/termination-log"));
     assert_eq!(c.ports.as_ref().unwrap()[0].protocol.as_deref(), Some("TCP"));
 
+    let stored = cluster.get("/apis/apps/v1/namespaces/default/deployments/web").unwrap();
+    assert_no_nulls(&stored, "deployment");
+    assert!(stored["spec"]["template"]["metadata"]["creationTimestamp"].is_null());
+    assert!(stored["spec"]["template"]["metadata"].as_object().unwrap().contains_key("creationTimestamp"));
     let again = api_error(deploys.create(&PostParams::default(), &created).await.unwrap_err());
     assert_eq!((again.code, again.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(again.message, r#"deployments.apps "web" already exists"#);
@@ -368,6 +385,7 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
     cluster.create(deployment("web", 3));
     cluster.wait_for("3 ready pods", |c| c.ready_pods("default", "app=web").len() == 3);
     let pods = cluster.pods("default", "app=web");
+    pods.iter().for_each(|p| assert_no_nulls(p, "pod"));
     let first = &pods[0];
     assert_eq!(first["spec"]["nodeName"], "fake-node");
     assert!(first["status"]["podIP"].as_str().unwrap().starts_with("127."));

@@ -153,7 +153,7 @@ fn with_label(template: &Value, key: &str, value: &str) -> Value {
 
 fn without_label(template: &Value, key: &str) -> Value {
     let mut t = template.clone();
-    if let Some(l) = t["metadata"]["labels"].as_object_mut() {
+    if let Some(l) = t.get_mut("metadata").and_then(|m| m.get_mut("labels")).and_then(Value::as_object_mut) {
         l.remove(key);
     }
     t

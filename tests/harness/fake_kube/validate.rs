@@ -104,7 +104,7 @@ fn pod_update_allowed(old: &Value, new: &Value) -> bool {
     let strip = |spec: &Value| {
         let mut s = spec.clone();
         for list in ["containers", "initContainers"] {
-            for c in s[list].as_array_mut().into_iter().flatten() {
+            for c in super::defaults::items(&mut s, list) {
                 c["image"] = Value::Null;
             }
         }
