@@ -43,6 +43,19 @@ fn api_error(e: kube::Error) -> Box<kube::core::Status> {
     }
 }
 
+/// The server writes no nulls (Go's omitempty) but for the zero times of structs it embeds:
+/// a template's `creationTimestamp`, a condition's `lastProbeTime`. A fake that wrote others
+/// would let a client depend on them.
+fn assert_no_nulls(v: &Value, at: &str) {
+    match v {
+        Value::Null if at.ends_with(".creationTimestamp") || at.ends_with(".lastProbeTime") => {}
+        Value::Null => panic!("a null at {at}"),
+        Value::Object(m) => m.iter().for_each(|(k, v)| assert_no_nulls(v, &format!("{at}.{k}"))),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| assert_no_nulls(v, &format!("{at}[{i}]"))),
+        _ => {}
+    }
+}
+
 fn forward_error(r: Result<kube::api::Portforwarder, kube::Error>) -> Box<kube::core::Status> {
     match r {
         Ok(_) => panic!("port-forward was expected to fail"),
@@ -99,6 +112,10 @@ async fn get_list_create_update_with_the_real_semantics() {
     assert_eq!(c.termination_message_path.as_deref(), Some("/dev/termination-log"));
     assert_eq!(c.ports.as_ref().unwrap()[0].protocol.as_deref(), Some("TCP"));
 
+    let stored = cluster.get("/apis/apps/v1/namespaces/default/deployments/web").unwrap();
+    assert_no_nulls(&stored, "deployment");
+    assert!(stored["spec"]["template"]["metadata"]["creationTimestamp"].is_null());
+    assert!(stored["spec"]["template"]["metadata"].as_object().unwrap().contains_key("creationTimestamp"));
     let again = api_error(deploys.create(&PostParams::default(), &created).await.unwrap_err());
     assert_eq!((again.code, again.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(again.message, r#"deployments.apps "web" already exists"#);
@@ -144,6 +161,14 @@ async fn get_list_create_update_with_the_real_semantics() {
     );
     assert_eq!((immutable.code, immutable.reason.as_str()), (422, "Invalid"));
     assert!(immutable.message.contains("field is immutable"), "{}", immutable.message);
+
+    // Someone else's edit makes our copy stale.
+    let before = deploys.get("web").await.unwrap();
+    let edited = cluster
+        .edit("/apis/apps/v1/namespaces/default/deployments/web", |d| d["metadata"]["labels"]["team"] = json!("a"));
+    assert_ne!(edited["metadata"]["resourceVersion"], json!(before.metadata.resource_version));
+    let e = api_error(deploys.replace("web", &PostParams::default(), &before).await.unwrap_err());
+    assert_eq!(e.code, 409);
 
     // A dry run is checked and answered, and changes nothing.
     let dry = PostParams { dry_run: true, ..PostParams::default() };
@@ -240,6 +265,19 @@ async fn authentication_rbac_media_types_and_validation_fail_like_a_cluster() {
     let e = api_error(deploys.create(&PostParams::default(), &serde_json::from_value(bad).unwrap()).await.unwrap_err());
     assert!(e.message.contains(r#"spec.template.spec.containers[0].name: Duplicate value: "web""#), "{}", e.message);
     assert!(e.message.contains("`selector` does not match template `labels`"), "{}", e.message);
+
+    // Injected server failures: the next request fails, the one after succeeds; kube retries
+    // a 503 on its own.
+    cluster.fail("get", "deployments", 500, 1);
+    let e = api_error(deploys.get("web").await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
+    deploys.get("web").await.unwrap();
+    let gets =
+        |c: &FakeCluster| c.requests().iter().filter(|(m, p)| m == "GET" && p.ends_with("/deployments/web")).count();
+    let before = gets(&cluster);
+    cluster.fail("get", "deployments", 503, 1);
+    deploys.get("web").await.unwrap();
+    assert_eq!(gets(&cluster), before + 2, "one 503, one retry");
 
     // Nothing was created by the refused requests.
     assert!(cluster.get("/apis/apps/v1/namespaces/default/deployments/broken").is_none());
@@ -347,6 +385,7 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
     cluster.create(deployment("web", 3));
     cluster.wait_for("3 ready pods", |c| c.ready_pods("default", "app=web").len() == 3);
     let pods = cluster.pods("default", "app=web");
+    pods.iter().for_each(|p| assert_no_nulls(p, "pod"));
     let first = &pods[0];
     assert_eq!(first["spec"]["nodeName"], "fake-node");
     assert!(first["status"]["podIP"].as_str().unwrap().starts_with("127."));
@@ -371,8 +410,13 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
         update_deployment(&deploys, "web", |d| d["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"}))
             .await;
     });
+    // Within maxSurge (25% of 4: 1) and maxUnavailable (1) at every moment we look.
+    let (mut most, mut fewest_ready) = (0, usize::MAX);
     cluster.wait_for("the rollout completes", |c| {
         let pods = c.pods("default", "app=web");
+        let active = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).count();
+        most = most.max(active);
+        fewest_ready = fewest_ready.min(pods.iter().filter(|p| is_ready(p)).count());
         let d = c.get(res).unwrap();
         let s = &d["status"];
         pods.len() == 4
@@ -382,6 +426,7 @@ fn deployments_make_ready_pods_scale_roll_and_replace_deleted_ones() {
             && s["replicas"] == 4
             && s["conditions"][1]["reason"] == "NewReplicaSetAvailable"
     });
+    assert!(most <= 5 && fewest_ready >= 3, "surge {most} pods, down to {fewest_ready} ready");
     assert_eq!(d["metadata"]["generation"], 1);
     assert_eq!(cluster.get(res).unwrap()["metadata"]["generation"], 3, "scale and template changes are spec changes");
 
@@ -423,6 +468,9 @@ fn unknown_images_back_off_and_missing_secrets_wait() {
             .iter()
             .any(|p| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating")
     });
+    let waiting = cluster.get("/api/v1/namespaces/team/pods/needs-secret").unwrap();
+    assert_eq!(waiting["status"]["phase"], "Pending");
+    assert!(waiting["status"]["podIP"].is_null(), "no sandbox, no IP, before the volumes are mounted");
     cluster.create(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "later", "namespace": "team"},
@@ -891,4 +939,66 @@ fn the_webhook_manifests_install_and_their_pods_serve() {
         .wait_for("both webhook pods serve", |c| c.ready_pods(ns, "app.kubernetes.io/name=hotsync-webhook").len() == 2);
     let pod = cluster.pod_names(ns, "app.kubernetes.io/name=hotsync-webhook").remove(0);
     assert!(cluster.container_log(ns, &pod, "webhook").contains("hotsync webhook listening"));
+}
+
+#[test]
+fn containers_get_their_environment_working_dir_and_references() {
+    let (cluster, image) = cluster();
+    cluster.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "envy"},
+        "spec": {
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{
+                "name": "c", "image": APP_IMAGE, "workingDir": "/app",
+                "command": ["/bin/sh", "-c", "echo \"$GREETING $(WHO) $TOKEN $POD_IP\" > /data/out; ls >> /data/out; exec sleep 600"],
+                "envFrom": [{"configMapRef": {"name": "settings"}}],
+                "env": [
+                    {"name": "WHO", "value": "$(GREETING)-world"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                ],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+        },
+    }));
+    cluster.wait_for("the container waits for its configuration", |c| {
+        c.pods("default", "")[0]["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError"
+    });
+    cluster.create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"GREETING": "hello"}}));
+    cluster.create(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}),
+    );
+    cluster.wait_for("the container runs", |c| c.ready_pods("default", "").len() == 1);
+    let out = cluster.pod_volume("default", "envy", "data").unwrap().join("out");
+    cluster.wait_for("it wrote its environment", |_| {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("index.html"))
+    });
+    let ip = cluster.pod_ip("default", "envy").unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text, format!("hello hello-world s3cret {ip}\nindex.html\n"), "working dir is the image's /app");
+    assert!(image.path().join("app/index.html").exists());
+}
+
+#[test]
+fn a_recreate_rollout_stops_the_old_pods_before_starting_new_ones() {
+    let (cluster, _image) = cluster();
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let mut d = deployment("web", 2);
+    d["spec"]["strategy"] = json!({"type": "Recreate"});
+    cluster.create(d);
+    cluster.wait_for("2 ready pods", |c| c.ready_pods("default", "app=web").len() == 2);
+    cluster.edit(path, |d| d["spec"]["template"]["metadata"]["annotations"] = json!({"rev": "2"}));
+    let mut mixed = false;
+    cluster.wait_for("the new pods", |c| {
+        let pods = c.pods("default", "app=web");
+        let hashes: std::collections::BTreeSet<_> =
+            pods.iter().map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str().unwrap().to_owned()).collect();
+        mixed |= hashes.len() > 1;
+        let d = c.get(path).unwrap();
+        d["status"]["updatedReplicas"] == 2
+            && d["status"]["replicas"] == 2
+            && c.ready_pods("default", "app=web").len() == 2
+    });
+    assert!(!mixed, "old and new pods never ran together");
 }

@@ -153,7 +153,7 @@ fn with_label(template: &Value, key: &str, value: &str) -> Value {
 
 fn without_label(template: &Value, key: &str) -> Value {
     let mut t = template.clone();
-    if let Some(l) = t["metadata"]["labels"].as_object_mut() {
+    if let Some(l) = t.get_mut("metadata").and_then(|m| m.get_mut("labels")).and_then(Value::as_object_mut) {
         l.remove(key);
     }
     t
@@ -219,20 +219,19 @@ fn deployment(store: &mut Store, ns: &str, name: &str) {
     if revision_of(&new_rs) < max_revision || (current.is_some() && revision_of(&new_rs) == 0) {
         new_rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!((max_revision + 1).to_string());
     }
-    new_rs["spec"]["replicas"] = json!(desired);
     new_rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] = json!(desired.to_string());
     let revision = revision_of(&new_rs);
-    write(store, rsres, new_rs.clone());
-    let new_ready = count(active_pods(store, &new_rs).iter().filter(|p| is_ready(p)).count());
-    // Surge: old replicasets keep their pods until the new ones are all Ready.
-    if new_ready >= desired {
-        for rs in rss.iter().filter(|rs| rs["metadata"]["name"] != new_name.as_str()) {
-            if rs["spec"]["replicas"].as_i64().unwrap_or(0) != 0 {
-                let mut rs = rs.clone();
-                rs["spec"]["replicas"] = json!(0);
-                write(store, rsres, rs);
-            }
-        }
+    let mut olds: Vec<Value> = rss.iter().filter(|rs| rs["metadata"]["name"] != new_name.as_str()).cloned().collect();
+    olds.sort_by_key(revision_of);
+    let (new_replicas, olds) = if d["spec"]["strategy"]["type"] == "Recreate" {
+        recreate(store, desired, &new_rs, olds)
+    } else {
+        rolling(store, &d, desired, &new_rs, olds)
+    };
+    new_rs["spec"]["replicas"] = json!(new_replicas);
+    write(store, rsres, new_rs);
+    for rs in olds {
+        write(store, rsres, rs);
     }
     if let Some(mut d) = store.get(dres, ns, name).cloned() {
         if !d["metadata"]["annotations"].is_object() {
@@ -241,6 +240,79 @@ fn deployment(store: &mut Store, ns: &str, name: &str) {
         d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!(revision.to_string());
         write(store, dres, d);
     }
+}
+
+fn replicas_of(rs: &Value) -> i64 {
+    rs["spec"]["replicas"].as_i64().unwrap_or(0)
+}
+
+fn ready_of(store: &Store, rs: &Value) -> i64 {
+    count(active_pods(store, rs).iter().filter(|p| is_ready(p)).count())
+}
+
+/// Recreate: the old replicasets go to zero, and once their pods are gone the new one scales
+/// up. Returns the new replicaset's replicas and the old replicasets (changed or not).
+fn recreate(store: &Store, desired: i64, new_rs: &Value, mut olds: Vec<Value>) -> (i64, Vec<Value>) {
+    let old_pods: usize = olds.iter().map(|rs| all_pods(store, rs)).sum();
+    for rs in &mut olds {
+        rs["spec"]["replicas"] = json!(0);
+    }
+    let new_replicas = if old_pods == 0 { desired } else { replicas_of(new_rs) };
+    (new_replicas, olds)
+}
+
+/// Every pod of an owner, terminating ones included.
+fn all_pods(store: &Store, owner: &Value) -> usize {
+    owned_by(store.list(pods_res(), owner["metadata"]["namespace"].as_str()), owner).len()
+}
+
+/// RollingUpdate as the deployment controller does it: the new replicaset grows within
+/// `maxSurge` above the desired count; old ones shrink, unhealthy pods first, as long as
+/// `desired - maxUnavailable` pods stay available (Ready: minReadySeconds is not modelled).
+fn rolling(store: &Store, d: &Value, desired: i64, new_rs: &Value, mut olds: Vec<Value>) -> (i64, Vec<Value>) {
+    let ru = &d["spec"]["strategy"]["rollingUpdate"];
+    let surge = percent_or_int(&ru["maxSurge"], desired, true);
+    let mut max_unavailable = percent_or_int(&ru["maxUnavailable"], desired, false);
+    if surge == 0 && max_unavailable == 0 {
+        max_unavailable = 1;
+    }
+    let old_total: i64 = olds.iter().map(replicas_of).sum();
+    let mut new_replicas = replicas_of(new_rs);
+    if old_total == 0 || new_replicas >= desired {
+        // Plain scaling, or the new replicaset is complete.
+        new_replicas = desired;
+    } else {
+        let room = desired + surge - (old_total + new_replicas);
+        new_replicas += room.clamp(0, desired - new_replicas);
+    }
+    if old_total == 0 {
+        return (new_replicas, olds);
+    }
+    let new_ready = ready_of(store, new_rs);
+    let min_available = desired - max_unavailable;
+    // Unhealthy old pods first, within what the new replicaset's unready pods leave.
+    let mut budget = old_total + new_replicas - min_available - (new_replicas - new_ready).max(0);
+    for rs in &mut olds {
+        if budget <= 0 {
+            break;
+        }
+        let unhealthy = (replicas_of(rs) - ready_of(store, rs)).max(0);
+        let remove = unhealthy.min(budget);
+        rs["spec"]["replicas"] = json!(replicas_of(rs) - remove);
+        budget -= remove;
+    }
+    // Then available ones, keeping min_available.
+    let available: i64 = olds.iter().map(|rs| ready_of(store, rs).min(replicas_of(rs))).sum::<i64>() + new_ready;
+    let mut budget = available - min_available;
+    for rs in &mut olds {
+        if budget <= 0 {
+            break;
+        }
+        let remove = replicas_of(rs).min(budget);
+        rs["spec"]["replicas"] = json!(replicas_of(rs) - remove);
+        budget -= remove;
+    }
+    (new_replicas, olds)
 }
 
 fn replicaset(store: &mut Store, ns: &str, name: &str) {

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::resources::Resource;
 
-/// Applies the defaults of `res` to `obj` (in place). `is_pod` adds what admission adds to
-/// pods (service account, priority, tolerations), which templates do not get.
+/// Applies the defaults of `res` to `obj` (in place). Pods also get what admission adds
+/// (service account, priority, tolerations), which templates do not.
 pub(crate) fn apply(res: &Resource, obj: &mut Value) {
     match (res.group, res.plural) {
         ("", "pods") => {
@@ -17,7 +17,18 @@ pub(crate) fn apply(res: &Resource, obj: &mut Value) {
         ("", "secrets") => set(obj, "type", json!("Opaque")),
         ("", "services") => service(obj),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") => webhooks(obj),
-        ("apps", "deployments") => {
+        ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") => {
+            template_meta(&mut obj["spec"]);
+            workload(res, obj);
+        }
+        _ => {}
+    }
+}
+
+/// The defaults of the apps/v1 workloads.
+fn workload(res: &Resource, obj: &mut Value) {
+    match res.plural {
+        "deployments" => {
             let spec = &mut obj["spec"];
             set(spec, "replicas", json!(1));
             set(spec, "revisionHistoryLimit", json!(10));
@@ -32,11 +43,11 @@ pub(crate) fn apply(res: &Resource, obj: &mut Value) {
             }
             pod_spec(&mut spec["template"]["spec"]);
         }
-        ("apps", "replicasets") => {
+        "replicasets" => {
             set(&mut obj["spec"], "replicas", json!(1));
             pod_spec(&mut obj["spec"]["template"]["spec"]);
         }
-        ("apps", "statefulsets") => {
+        "statefulsets" => {
             let spec = &mut obj["spec"];
             set(spec, "replicas", json!(1));
             set(spec, "podManagementPolicy", json!("OrderedReady"));
@@ -45,7 +56,7 @@ pub(crate) fn apply(res: &Resource, obj: &mut Value) {
             set(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
             pod_spec(&mut spec["template"]["spec"]);
         }
-        ("apps", "daemonsets") => {
+        "daemonsets" => {
             let spec = &mut obj["spec"];
             set(spec, "revisionHistoryLimit", json!(10));
             set(
@@ -57,6 +68,22 @@ pub(crate) fn apply(res: &Resource, obj: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// The elements of the list at `obj[key]`, if there is one. (Indexing a `Value` mutably
+/// would insert a null where the key is absent, where the server omits the empty field.)
+pub(crate) fn items<'a>(obj: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    obj.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten()
+}
+
+/// A workload's template metadata as the server writes it: Go prints the zero
+/// `creationTimestamp` of an embedded ObjectMeta as `null`.
+fn template_meta(spec: &mut Value) {
+    let Some(t) = spec.get_mut("template").filter(|t| t.is_object()) else { return };
+    if !t["metadata"].is_object() {
+        t["metadata"] = json!({});
+    }
+    t["metadata"]["creationTimestamp"] = Value::Null;
 }
 
 /// Sets `obj[key]` when it is absent or null (and `obj` is an object).
@@ -79,14 +106,14 @@ pub(crate) fn pod_spec(spec: &mut Value) {
     set(spec, "schedulerName", json!("default-scheduler"));
     set(spec, "securityContext", json!({}));
     for list in ["initContainers", "containers"] {
-        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+        for c in items(spec, list) {
             container(c);
         }
     }
-    for v in spec.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten() {
+    for v in items(spec, "volumes") {
         for source in ["secret", "configMap"] {
-            if v[source].is_object() {
-                set(&mut v[source], "defaultMode", json!(0o644));
+            if let Some(src) = v.get_mut(source).filter(|s| s.is_object()) {
+                set(src, "defaultMode", json!(0o644));
             }
         }
     }
@@ -98,7 +125,7 @@ fn container(c: &mut Value) {
     set(c, "resources", json!({}));
     let image = c["image"].as_str().unwrap_or_default().to_owned();
     set(c, "imagePullPolicy", json!(default_pull_policy(&image)));
-    for p in c["ports"].as_array_mut().into_iter().flatten() {
+    for p in items(c, "ports") {
         set(p, "protocol", json!("TCP"));
     }
 }
@@ -138,16 +165,16 @@ fn pod_admission(spec: &mut Value) {
 }
 
 fn service(obj: &mut Value) {
-    let spec = &mut obj["spec"];
-    if !spec.is_object() {
-        return;
+    if !obj["spec"].is_object() {
+        obj["spec"] = json!({});
     }
+    let spec = &mut obj["spec"];
     set(spec, "type", json!("ClusterIP"));
     set(spec, "sessionAffinity", json!("None"));
     set(spec, "ipFamilies", json!(["IPv4"]));
     set(spec, "ipFamilyPolicy", json!("SingleStack"));
     set(spec, "internalTrafficPolicy", json!("Cluster"));
-    for p in spec["ports"].as_array_mut().into_iter().flatten() {
+    for p in items(spec, "ports") {
         set(p, "protocol", json!("TCP"));
         let port = p["port"].clone();
         set(p, "targetPort", port);
@@ -156,17 +183,17 @@ fn service(obj: &mut Value) {
 
 /// `SetDefaults_MutatingWebhook`: what each webhook of a configuration gets.
 fn webhooks(obj: &mut Value) {
-    for w in obj["webhooks"].as_array_mut().into_iter().flatten() {
+    for w in items(obj, "webhooks") {
         set(w, "failurePolicy", json!("Fail"));
         set(w, "matchPolicy", json!("Equivalent"));
         set(w, "namespaceSelector", json!({}));
         set(w, "objectSelector", json!({}));
         set(w, "timeoutSeconds", json!(10));
         set(w, "reinvocationPolicy", json!("Never"));
-        if w["clientConfig"]["service"].is_object() {
-            set(&mut w["clientConfig"]["service"], "port", json!(443));
+        if let Some(svc) = w.get_mut("clientConfig").and_then(|c| c.get_mut("service")).filter(|s| s.is_object()) {
+            set(svc, "port", json!(443));
         }
-        for r in w["rules"].as_array_mut().into_iter().flatten() {
+        for r in items(w, "rules") {
             set(r, "scope", json!("*"));
         }
     }

@@ -41,6 +41,10 @@ impl Cause {
             field: field.into(),
         }
     }
+    /// `Invalid value: SHOWN: detail`, for values Go prints without quotes (numbers, structs).
+    pub(crate) fn invalid_shown(field: impl Into<String>, shown: &str, detail: &str) -> Self {
+        Self { reason: "FieldValueInvalid", message: format!("Invalid value: {shown}: {detail}"), field: field.into() }
+    }
     pub(crate) fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self { reason: "FieldValueForbidden", message: format!("Forbidden: {detail}"), field: field.into() }
     }
@@ -168,6 +172,21 @@ impl ApiError {
             d["group"] = json!(res.group);
         }
         status(422, "Invalid", &msg, Some(d))
+    }
+
+    /// What an overloaded or failing server answers: 429, 500, 503, 504 (others: 500's shape).
+    pub(crate) fn server_error(code: u16) -> Self {
+        let (reason, message) = match code {
+            429 => ("TooManyRequests", "Too many requests, please try again later."),
+            503 => ("ServiceUnavailable", "the server is currently unable to handle the request"),
+            504 => ("Timeout", "the server was unable to return a response in the time allotted"),
+            _ => ("InternalError", "Internal error occurred: injected by the test"),
+        };
+        let mut e = status(code, reason, message, None);
+        if code == 429 {
+            e.status["details"] = json!({"retryAfterSeconds": 1});
+        }
+        e
     }
 
     pub(crate) fn internal(message: &str) -> Self {

@@ -7,7 +7,10 @@
 //! a real process when its image is the agent's (`hotsync-agent:*`, entrypoint the agent
 //! binary) or when it has a `command` and its image is known; command and args are mapped:
 //! a path under a volumeMount → that volume's host directory, another absolute path that exists
-//! in the image's root → there, `0.0.0.0:PORT` → `POD_IP:PORT`. App containers without a
+//! in the image's root → there, `0.0.0.0:PORT` → `POD_IP:PORT` (also inside an argument that
+//! is a shell script, for mount paths); `$(VAR)` references expand first, `workingDir` maps the
+//! same way (default: the image's root), and `env`/`envFrom` resolve fieldRefs, Secrets and
+//! ConfigMaps (CreateContainerConfigError until they exist). App containers without a
 //! command are not run: they are reported Running and Ready. Unknown images → ErrImagePull then
 //! ImagePullBackOff; a process that exits → CrashLoopBackOff with a rising restartCount.
 //!
@@ -43,6 +46,8 @@ struct PodEntry {
     ip: Option<Ipv4Addr>,
     volumes: BTreeMap<String, PathBuf>,
     logs: BTreeMap<String, PathBuf>,
+    /// What the kubelet waits for (the event it would record), for failure messages.
+    note: String,
     /// Process group id of each running container.
     groups: BTreeMap<String, i32>,
 }
@@ -65,6 +70,10 @@ impl Registry {
 
     pub(crate) fn ip(&self, ns: &str, pod: &str) -> Option<Ipv4Addr> {
         self.lock().get(&(ns.to_owned(), pod.to_owned())).and_then(|e| e.ip)
+    }
+
+    pub(crate) fn note(&self, ns: &str, pod: &str) -> String {
+        self.lock().get(&(ns.to_owned(), pod.to_owned())).map(|e| e.note.clone()).unwrap_or_default()
     }
 
     pub(crate) fn volume(&self, ns: &str, pod: &str, volume: &str) -> Option<PathBuf> {
@@ -320,14 +329,23 @@ impl Container {
                 Some((m["mountPath"].as_str()?.to_owned(), host))
             })
             .collect();
-        let map = |a: &str| map_arg(a, &mounts, root, ctx.ip);
+        let env = match self.environment(ctx) {
+            Ok(env) => env,
+            Err(message) => {
+                // The kubelet retries until the Secret or ConfigMap appears.
+                self.state = State::Waiting { reason: "CreateContainerConfigError".into(), message };
+                return false;
+            }
+        };
+        let map = |a: &str| map_arg(&expand(a, &env), &mounts, root, ctx.ip);
         let (program, mut args) = if command.is_empty() {
             (ctx.shared.agent_binary.display().to_string(), Vec::new())
         } else {
             (map(&command[0]), command[1..].iter().map(|a| map(a)).collect())
         };
         args.extend(strings(&self.spec["args"]).iter().map(|a| map(a)));
-        match self.spawn(ctx, &program, &args, root) {
+        let workdir = self.spec["workingDir"].as_str().map(|w| PathBuf::from(map_arg(w, &mounts, root, ctx.ip)));
+        match self.spawn(ctx, &program, &args, &env, workdir.as_deref().or(root)) {
             Ok(child) => {
                 let pgid = child.id().and_then(|p| i32::try_from(p).ok());
                 if let Some(g) = pgid {
@@ -361,7 +379,8 @@ impl Container {
         ctx: &PodCtx,
         program: &str,
         args: &[String],
-        root: Option<&Path>,
+        env: &[(String, String)],
+        workdir: Option<&Path>,
     ) -> std::io::Result<tokio::process::Child> {
         let logs = ctx.dir.join("logs");
         std::fs::create_dir_all(&logs)?;
@@ -372,26 +391,89 @@ impl Container {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
-            .current_dir(root.filter(|r| r.is_dir()).unwrap_or(&ctx.dir))
+            .current_dir(workdir.filter(|r| r.is_dir()).unwrap_or(&ctx.dir))
             .env("HOSTNAME", &ctx.name)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .process_group(0)
             .kill_on_drop(true);
+        cmd.spawn()
+    }
+
+    /// The container's environment: `envFrom`, then `env` (values, `$(VAR)` references,
+    /// fieldRefs, secretKeyRefs, configMapKeyRefs). Err: what is missing, as the kubelet says.
+    fn environment(&self, ctx: &PodCtx) -> Result<Vec<(String, String)>, String> {
+        let lookup = |kind: &str, name: &str| -> Option<BTreeMap<String, String>> {
+            let (res, b64) =
+                if kind == "secret" { (by_plural("", "secrets"), true) } else { (by_plural("", "configmaps"), false) };
+            let obj = ctx.shared.store().get(res, &ctx.ns, name).cloned()?;
+            let data = obj["data"].as_object().cloned().unwrap_or_default();
+            Some(
+                data.iter()
+                    .map(|(k, v)| {
+                        let s = v.as_str().unwrap_or_default();
+                        let text = if b64 {
+                            let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default();
+                            String::from_utf8_lossy(&bytes).into_owned()
+                        } else {
+                            s.to_owned()
+                        };
+                        (k.clone(), text)
+                    })
+                    .collect(),
+            )
+        };
+        let mut env: Vec<(String, String)> = Vec::new();
+        let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+            env.retain(|(x, _)| *x != k);
+            env.push((k, v));
+        };
+        for from in self.spec["envFrom"].as_array().into_iter().flatten() {
+            let prefix = from["prefix"].as_str().unwrap_or_default();
+            for (kind, key) in [("secret", "secretRef"), ("configmap", "configMapRef")] {
+                let Some(name) = from[key]["name"].as_str() else { continue };
+                match lookup(kind, name) {
+                    Some(data) => data.into_iter().for_each(|(k, v)| set(&mut env, format!("{prefix}{k}"), v)),
+                    None if from[key]["optional"] == true => {}
+                    None => return Err(format!("{kind} {name:?} not found")),
+                }
+            }
+        }
         for e in self.spec["env"].as_array().into_iter().flatten() {
             let Some(k) = e["name"].as_str() else { continue };
-            let v = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
-                (Some(v), _) => v.to_owned(),
-                (None, Some("metadata.name")) => ctx.name.clone(),
-                (None, Some("metadata.namespace")) => ctx.ns.clone(),
-                (None, Some("status.podIP")) => ctx.ip.to_string(),
-                (None, Some("spec.nodeName")) => NODE.to_owned(),
-                _ => String::new(),
+            let from = &e["valueFrom"];
+            let v = if let Some(v) = e["value"].as_str() {
+                expand(v, &env)
+            } else if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
+                match path {
+                    "metadata.name" => ctx.name.clone(),
+                    "metadata.namespace" => ctx.ns.clone(),
+                    "metadata.uid" => ctx.uid.clone(),
+                    "status.podIP" => ctx.ip.to_string(),
+                    "status.hostIP" => "127.0.0.1".to_owned(),
+                    "spec.nodeName" => NODE.to_owned(),
+                    _ => String::new(),
+                }
+            } else if let Some((kind, r)) = [("secret", &from["secretKeyRef"]), ("configmap", &from["configMapKeyRef"])]
+                .into_iter()
+                .find(|(_, r)| r.is_object())
+            {
+                let name = r["name"].as_str().unwrap_or_default();
+                let key = r["key"].as_str().unwrap_or_default();
+                match lookup(kind, name).map(|d| d.get(key).cloned()) {
+                    Some(Some(v)) => v,
+                    _ if r["optional"] == true => continue,
+                    Some(None) => return Err(format!("couldn't find key {key} in {kind} {}/{name}", ctx.ns)),
+                    None => return Err(format!("{kind} {name:?} not found")),
+                }
+            } else {
+                String::new()
             };
-            cmd.env(k, v);
+            set(&mut env, k.to_owned(), v);
         }
-        cmd.spawn()
+        Ok(env)
     }
 
     fn status(&self, image_known: bool) -> Value {
@@ -532,20 +614,28 @@ impl Worker {
     }
 
     async fn step(&mut self, pod: &Value) {
-        if self.ip.is_none() {
-            let ip = self.shared.kubelet.new_ip();
-            self.ip = Some(ip);
-            self.start_time = verbs::now();
-            self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.ip = Some(ip));
-        }
         if !self.volumes_ready {
             match self.prepare_volumes(pod) {
-                Ok(()) => self.volumes_ready = true,
+                Ok(()) => {
+                    self.volumes_ready = true;
+                    self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.note.clear());
+                }
                 Err(msg) => {
-                    self.volume_message = msg;
+                    // The kubelet reports this as an event (which the fake does not serve);
+                    // the container statuses say ContainerCreating meanwhile.
+                    if msg != self.volume_message {
+                        self.volume_message.clone_from(&msg);
+                        self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.note = msg);
+                    }
                     return;
                 }
             }
+        }
+        // The sandbox, and with it the pod's IP, comes once its volumes are mounted.
+        if self.ip.is_none() {
+            let ip = self.shared.kubelet.new_ip();
+            self.ip = Some(ip);
+            self.shared.kubelet.with(&self.ns, &self.name, &self.uid, |e| e.ip = Some(ip));
         }
         self.refresh_volumes(pod);
         if self.init_done < self.init.len() {
@@ -834,9 +924,6 @@ impl Worker {
             status["initContainerStatuses"] =
                 json!(self.init.iter().map(|c| c.status(self.shared.image(&c.image).is_some())).collect::<Vec<_>>());
         }
-        if !self.volume_message.is_empty() && !self.volumes_ready {
-            status["message"] = json!(self.volume_message);
-        }
         if status == self.last_status {
             return;
         }
@@ -874,6 +961,33 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect()
 }
 
+/// Expands `$(VAR)` references to the container's environment, as the kubelet does in
+/// command, args and env values; `$$(` escapes; unknown references stay as written.
+fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
+            let name = &tail[2..2 + end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&tail[..3 + end]),
+            }
+            rest = &tail[3 + end..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Maps one argument of a container's command line from the pod's view to the host's.
 pub(crate) fn map_arg(arg: &str, mounts: &[(String, PathBuf)], image_root: Option<&Path>, ip: Ipv4Addr) -> String {
     if let Some((flag, value)) = arg.split_once('=')
@@ -886,6 +1000,9 @@ pub(crate) fn map_arg(arg: &str, mounts: &[(String, PathBuf)], image_root: Optio
     }
     if arg == "0.0.0.0" {
         return ip.to_string();
+    }
+    if arg.contains(char::is_whitespace) {
+        return map_script(arg, mounts, ip);
     }
     if !arg.starts_with('/') {
         return arg.to_owned();
@@ -908,6 +1025,44 @@ pub(crate) fn map_arg(arg: &str, mounts: &[(String, PathBuf)], image_root: Optio
         }
     }
     arg.to_owned()
+}
+
+/// Maps a shell script given as one argument (`sh -c '…'`): mount paths and `0.0.0.0:` where
+/// they stand as words.
+fn map_script(script: &str, mounts: &[(String, PathBuf)], ip: Ipv4Addr) -> String {
+    let mut sorted: Vec<&(String, PathBuf)> = mounts.iter().filter(|(m, _)| m.len() > 1).collect();
+    sorted.sort_by_key(|(m, _)| std::cmp::Reverse(m.len()));
+    let starts = |c: Option<char>| c.is_none_or(|c| c.is_whitespace() || "'\"=:;(`".contains(c));
+    let ends = |c: Option<char>| c.is_none_or(|c| c.is_whitespace() || "/'\";)`".contains(c));
+    let mut out = String::new();
+    let mut i = 0;
+    'scan: while i < script.len() {
+        let before = script[..i].chars().next_back();
+        if starts(before) {
+            let rest = &script[i..];
+            for (m, host) in &sorted {
+                let m = m.trim_end_matches('/');
+                if let Some(after) = rest.strip_prefix(m)
+                    && ends(after.chars().next())
+                {
+                    out.push_str(&host.display().to_string());
+                    i += m.len();
+                    continue 'scan;
+                }
+            }
+            if let Some(after) = rest.strip_prefix("0.0.0.0")
+                && (after.starts_with(':') || ends(after.chars().next()))
+            {
+                out.push_str(&ip.to_string());
+                i += "0.0.0.0".len();
+                continue 'scan;
+            }
+        }
+        let c = script[i..].chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
 }
 
 /// Writes a Secret's (base64 `data`) or ConfigMap's (`data`) entries as files.
@@ -977,5 +1132,22 @@ mod tests {
         assert_eq!(m("0.0.0.0"), "127.9.8.7");
         assert_eq!(m("--listen=0.0.0.0:80"), "--listen=127.9.8.7:80");
         assert_eq!(m("serve"), "serve");
+    }
+
+    #[test]
+    fn scripts_map_their_mount_paths_and_listen_addresses() {
+        let mounts = vec![("/data".to_owned(), PathBuf::from("/h/data"))];
+        let ip = Ipv4Addr::new(127, 1, 2, 3);
+        assert_eq!(
+            map_script("echo hi > /data/out; cat '/data' /database; serve 0.0.0.0:80", &mounts, ip),
+            "echo hi > /h/data/out; cat '/h/data' /database; serve 127.1.2.3:80"
+        );
+    }
+
+    #[test]
+    fn references_expand_like_the_kubelet() {
+        let env = vec![("PORT".to_owned(), "8000".to_owned())];
+        assert_eq!(expand("0.0.0.0:$(PORT)", &env), "0.0.0.0:8000");
+        assert_eq!(expand("$(MISSING) $$(PORT) $5", &env), "$(MISSING) $(PORT) $5");
     }
 }

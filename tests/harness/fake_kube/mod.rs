@@ -2,16 +2,56 @@
 //! real HTTPS with a CA of its own, a kubeconfig, real Kubernetes JSON and `Status` errors,
 //! resourceVersions and watches, RBAC denials, deployment/statefulset/daemonset controllers,
 //! and a "kubelet" that runs the pods' sidecars as real processes with pod IPs on loopback, so
-//! port-forward and direct UDP reach a real `hotsync-agent`.
+//! port-forward and direct UDP reach a real `hotsync-agent`. The product code cannot tell it
+//! from a cluster: it reads the kubeconfig and talks HTTPS.
 //!
-//! The product code cannot tell it from a cluster: it reads the kubeconfig and talks HTTPS.
+//! ```no_run
+//! # use hotsync_e2e::fake_kube::{FakeCluster, FakeOptions};
+//! let cluster = FakeCluster::start(FakeOptions {
+//!     agent_binary: hotsync_e2e::bin("hotsync-agent"),
+//!     images: [("web:1".to_owned(), "/path/to/image/root".into())].into(),
+//!     namespaces: vec!["team".into()],
+//! })
+//! .unwrap();
+//! cluster.create(serde_json::json!({
+//!     "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+//!     "spec": {
+//!         "replicas": 3,
+//!         "selector": {"matchLabels": {"app": "web"}},
+//!         "template": {
+//!             "metadata": {"labels": {"app": "web"}},
+//!             "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+//!         },
+//!     },
+//! }));
+//! // KUBECONFIG=cluster.kubeconfig() hotsync attach deployment/web …
+//! cluster.wait_for("3 ready pods", |c| c.ready_pods("default", "app=web").len() == 3);
+//! ```
+//!
+//! What it checks and refuses, as the real server does: a missing or wrong bearer token (401);
+//! `deny`ed verbs (403, checked before anything else); unknown paths (`404 page not found`);
+//! missing objects and namespaces (404); duplicates (409 AlreadyExists); a stale
+//! `metadata.resourceVersion` on update or patch, and delete preconditions (409 Conflict);
+//! history older than the event log (410 Expired); bodies that are not JSON or patches of
+//! other types (415); objects that do not decode as their type, kind or name mismatches,
+//! unknown fields with `fieldValidation=Strict` (400); and 422 Invalid for names that are not
+//! DNS names, pod specs without containers, duplicate container or volume names, volumeMounts
+//! naming no volume, duplicate mountPaths, bad ports, workload selectors that miss the
+//! template's labels or change, pod spec changes other than images, webhooks without
+//! sideEffects or admissionReviewVersions.
 //!
 //! What it does not do (callers beware): no admission webhooks are called (injection must be
-//! done by the client), no server-side apply (415), no
-//! `managedFields`, no YAML or protobuf bodies, no `shareProcessNamespace` (a signal by
-//! process name reaches any process of the host with that name), readOnly mounts are not
-//! enforced, app containers without a `command` are reported Running but not run, and the
-//! restart backoff is shorter than the kubelet's (1 s doubling to 10 s).
+//! done by the client); no server-side apply (415); no `managedFields`; no YAML, protobuf or
+//! CBOR bodies; `limit` returns everything with no `continue`; a list reads the present only
+//! (`resourceVersionMatch=Exact` of the past is 410); no foreground or orphan deletion (the
+//! garbage collector deletes dependents in the background); no Nodes, Events, Endpoints or
+//! custom resources; `pods/log` returns what was written so far (no `follow`); no
+//! `shareProcessNamespace` (a signal by process name reaches any process of the host with that
+//! name); readOnly mounts, security contexts and resource limits are not enforced; app
+//! containers without a `command` are reported Running and Ready but not run; httpGet and exec
+//! probes are not run (a run container is Ready once its declared TCP ports accept); native
+//! sidecars (init containers with restartPolicy Always) run like other init containers; the
+//! restart back-off is 1 s doubling to 10 s (the kubelet's: 10 s to 5 min).
 
 mod admission;
 mod controllers;
@@ -59,6 +99,8 @@ pub struct FakeOptions {
 pub(crate) struct Shared {
     pub(crate) store: Mutex<Store>,
     pub(crate) denied: Mutex<BTreeSet<(String, String)>>,
+    /// (verb, resource, HTTP code, how many more times).
+    pub(crate) failures: Mutex<Vec<(String, String, u16, u32)>>,
     pub(crate) requests: Mutex<Vec<(String, String)>>,
     pub(crate) images: Mutex<BTreeMap<String, PathBuf>>,
     pub(crate) agent_binary: PathBuf,
@@ -80,6 +122,15 @@ impl Shared {
     pub(crate) fn is_denied(&self, verb: &str, resource: &str) -> bool {
         let denied = self.denied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         denied.iter().any(|(v, r)| (v == verb || v == "*") && (r == resource || r == "*"))
+    }
+
+    /// An injected failure for this request, if one is left (counts it down).
+    pub(crate) fn take_failure(&self, verb: &str, resource: &str) -> Option<u16> {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f =
+            failures.iter_mut().find(|f| (f.0 == verb || f.0 == "*") && (f.1 == resource || f.1 == "*") && f.3 > 0)?;
+        f.3 -= 1;
+        Some(f.2)
     }
 
     /// The image, if it "exists" (can be pulled).
@@ -120,6 +171,7 @@ impl FakeCluster {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new()),
             denied: Mutex::default(),
+            failures: Mutex::default(),
             requests: Mutex::default(),
             images: Mutex::new(opts.images),
             agent_binary: opts.agent_binary,
@@ -213,6 +265,29 @@ impl FakeCluster {
         self.shared.store().get(target.res, target.namespace.as_deref().unwrap_or_default(), name).cloned()
     }
 
+    /// Changes a stored object as a `PUT` by someone else would (`kubectl edit`): defaults,
+    /// checks, a new resourceVersion, a MODIFIED event, a generation bump for spec changes.
+    /// Returns it as stored; panics when the server would refuse the change.
+    pub fn edit(&self, path: &str, change: impl FnOnce(&mut Value)) -> Value {
+        let target = server::route(path).unwrap_or_else(|| panic!("fake kube: no resource at {path}"));
+        let name = target.name.as_deref().unwrap_or_else(|| panic!("fake kube: {path} names no object"));
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        let mut store = self.shared.store();
+        let mut obj =
+            store.get(target.res, ns, name).cloned().unwrap_or_else(|| panic!("fake kube: nothing at {path}"));
+        change(&mut obj);
+        verbs::update(&mut store, target.res, ns, name, obj, verbs::Part::Main)
+            .unwrap_or_else(|e| panic!("fake kube: edit refused: {}", e.status))
+    }
+
+    /// Deletes an object as `DELETE` would (graceful for pods); false if there was none.
+    pub fn delete(&self, path: &str) -> bool {
+        let target = server::route(path).unwrap_or_else(|| panic!("fake kube: no resource at {path}"));
+        let name = target.name.as_deref().unwrap_or_else(|| panic!("fake kube: {path} names no object"));
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        verbs::delete(&mut self.shared.store(), target.res, ns, name, None, None).is_ok()
+    }
+
     /// Pods of `namespace` whose labels match `label_selector` (`""`: all), by name.
     pub fn pods(&self, namespace: &str, label_selector: &str) -> Vec<Value> {
         let sel = LabelSelector::parse(label_selector).unwrap_or_else(|e| panic!("label selector: {e}"));
@@ -293,6 +368,13 @@ impl FakeCluster {
     /// or `plural/subresource` (`pods/portforward`, `deployments/scale`); `*` matches any.
     pub fn deny(&self, verb: &str, resource: &str) {
         self.shared.denied.lock().unwrap().insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// The next `times` requests for `verb` on `resource` (as for `deny`) fail with `code`
+    /// (429 with a Retry-After of 1 s, 500, 503, 504) before anything else happens, as from an
+    /// overloaded or restarting API server.
+    pub fn fail(&self, verb: &str, resource: &str, code: u16, times: u32) {
+        self.shared.failures.lock().unwrap().push((verb.to_owned(), resource.to_owned(), code, times));
     }
 
     /// Undoes a `deny`.
@@ -380,6 +462,13 @@ impl FakeCluster {
                 is_ready(p),
                 json!([p["status"]["initContainerStatuses"], p["status"]["containerStatuses"]])
             );
+            let note = self.shared.kubelet.note(
+                p["metadata"]["namespace"].as_str().unwrap_or_default(),
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            if !note.is_empty() {
+                let _ = writeln!(out, "  kubelet: {note}");
+            }
         }
         out
     }

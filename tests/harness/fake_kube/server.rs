@@ -47,7 +47,11 @@ fn with_warnings(mut r: Response<Body>, check: &FieldCheck) -> Response<Body> {
 
 impl ApiError {
     pub(crate) fn response(&self) -> Response<Body> {
-        json_response(self.code, &self.status)
+        let mut r = json_response(self.code, &self.status);
+        if let Some(secs) = self.status["details"]["retryAfterSeconds"].as_u64() {
+            r.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        r
     }
 }
 
@@ -298,6 +302,9 @@ async fn serve(
             verb,
             ns,
         ));
+    }
+    if let Some(code) = shared.take_failure(verb, &rbac_resource) {
+        return Err(ApiError::server_error(code));
     }
     let ns = target.namespace.clone().unwrap_or_default();
     let sub = target.subresource.as_deref();

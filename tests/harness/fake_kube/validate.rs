@@ -87,11 +87,7 @@ pub(crate) fn update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = object(res, new);
     if res.group == "apps" && old["spec"]["selector"] != new["spec"]["selector"] {
         let shown = go_label_selector(&new["spec"]["selector"]);
-        causes.push(Cause::invalid("spec.selector", &shown, "field is immutable"));
-        // The real message has no quotes around a struct value; keep its shape.
-        if let Some(c) = causes.last_mut() {
-            c.message = format!("Invalid value: {shown}: field is immutable");
-        }
+        causes.push(Cause::invalid_shown("spec.selector", &shown, "field is immutable"));
     }
     if res.is("", "pods") && !pod_update_allowed(&old["spec"], &new["spec"]) {
         causes.push(Cause::forbidden(
@@ -108,7 +104,7 @@ fn pod_update_allowed(old: &Value, new: &Value) -> bool {
     let strip = |spec: &Value| {
         let mut s = spec.clone();
         for list in ["containers", "initContainers"] {
-            for c in s.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            for c in super::defaults::items(&mut s, list) {
                 c["image"] = Value::Null;
             }
         }
@@ -130,27 +126,14 @@ fn workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
         match LabelSelector::from_object(selector) {
             Ok(sel) if sel.is_empty() => {
                 let shown = go_label_selector(selector);
-                let mut c = Cause::invalid(
-                    "spec.selector",
-                    &shown,
-                    &format!("empty selector is invalid for {}", res.plural.trim_end_matches('s')),
-                );
-                c.message = format!(
-                    "Invalid value: {shown}: empty selector is invalid for {}",
-                    res.plural.trim_end_matches('s')
-                );
-                causes.push(c);
+                let detail = format!("empty selector is invalid for {}", res.plural.trim_end_matches('s'));
+                causes.push(Cause::invalid_shown("spec.selector", &shown, &detail));
             }
             Ok(sel) => {
                 if !sel.matches_object(&spec["template"]) {
                     let shown = go_string_map(&labels_of(&spec["template"]));
-                    let mut c = Cause::invalid(
-                        "spec.template.metadata.labels",
-                        &shown,
-                        "`selector` does not match template `labels`",
-                    );
-                    c.message = format!("Invalid value: {shown}: `selector` does not match template `labels`");
-                    causes.push(c);
+                    let detail = "`selector` does not match template `labels`";
+                    causes.push(Cause::invalid_shown("spec.template.metadata.labels", &shown, detail));
                 }
             }
             Err(e) => causes.push(Cause::invalid("spec.selector", &selector.to_string(), &e)),
@@ -159,9 +142,7 @@ fn workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(r) = spec["replicas"].as_i64()
         && r < 0
     {
-        let mut c = Cause::invalid("spec.replicas", &r.to_string(), "must be greater than or equal to 0");
-        c.message = format!("Invalid value: {r}: must be greater than or equal to 0");
-        causes.push(c);
+        causes.push(Cause::invalid_shown("spec.replicas", &r.to_string(), "must be greater than or equal to 0"));
     }
     let tspec = &spec["template"]["spec"];
     pod_spec(tspec, "spec.template.spec", causes);
@@ -239,13 +220,8 @@ fn container(c: &Value, at: &str, volumes: &BTreeSet<String>, names: &mut BTreeS
     for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
         let port = p["containerPort"].as_i64().unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            let mut cause = Cause::invalid(
-                format!("{at}.ports[{j}].containerPort"),
-                &port.to_string(),
-                "must be between 1 and 65535, inclusive",
-            );
-            cause.message = format!("Invalid value: {port}: must be between 1 and 65535, inclusive");
-            causes.push(cause);
+            let field = format!("{at}.ports[{j}].containerPort");
+            causes.push(Cause::invalid_shown(field, &port.to_string(), "must be between 1 and 65535, inclusive"));
         }
         let proto = p["protocol"].as_str().unwrap_or("TCP");
         if !["TCP", "UDP", "SCTP"].contains(&proto) {

@@ -388,7 +388,7 @@ pub(crate) fn update_checked(
             }
         }
     }
-    if res.is("", "services") && obj["spec"]["clusterIP"].is_null() {
+    if res.is("", "services") && obj["spec"]["clusterIP"].is_null() && !old["spec"]["clusterIP"].is_null() {
         // The allocated address stays when an update leaves it out.
         obj["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
         obj["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
