@@ -83,9 +83,11 @@ fn a_burst_of_1000_files_is_coalesced() {
     wait_same_tree(&env.src, &env.dst);
     host.wait_in_sync();
     let changesets = host.drain()[before..].iter().filter(|e| e["event"] == "synced").count();
+    // Without coalescing this would be about 1,000 changesets. The bound leaves room for a
+    // loaded machine pausing the writer itself between files (seen in CI with two cores busy).
     assert!(
-        (1..=20).contains(&changesets),
-        "1,000 files written in a burst should travel in a handful of changesets, not {changesets}"
+        (1..=100).contains(&changesets),
+        "1,000 files written in a burst should travel in a few changesets, not {changesets}"
     );
 }
 
