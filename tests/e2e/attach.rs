@@ -432,3 +432,14 @@ fn attach_survives_a_sidecar_crash_and_an_api_server_that_drops_its_watches() {
     dev.cluster.scale("default", "web", 3);
     dev.wait_all_in_sync(3);
 }
+
+#[test]
+fn an_overloaded_api_server_is_retried() {
+    let dev = Dev::new(1);
+    dev.cluster.fail("get", "deployments", 503, 2);
+    dev.cluster.fail("update", "deployments", 429, 1);
+    dev.cluster.fail("create", "secrets", 504, 1);
+    let out = dev.run(&["attach", "deployment/web", "--sync", ".:/app", "--once"]);
+    assert!(out.status.success(), "attach through 503, 429 and 504 answers: {}", stderr(&out));
+    dev.wait_all_in_sync(1);
+}
