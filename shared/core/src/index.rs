@@ -187,9 +187,10 @@ impl TreeIndex {
 
     /// Number of entries (files, links and directories), not counting the root.
     pub fn len(&self) -> usize {
-        let mut n = 0;
-        walk(&self.root, None, &mut |_, _| n += 1);
-        n
+        fn count(dir: &Dir) -> usize {
+            dir.children.values().map(|node| 1 + if let Node::Dir(d) = node { count(d) } else { 0 }).sum()
+        }
+        count(&self.root)
     }
 
     /// True when the tree has no entry.
@@ -214,11 +215,13 @@ impl TreeIndex {
             if components.peek().is_none() {
                 return (dir, name);
             }
-            let slot = dir.children_mut().entry(name.to_owned()).or_insert_with(|| Node::Dir(Arc::default()));
-            if !matches!(slot, Node::Dir(_)) {
-                *slot = Node::Dir(Arc::default());
+            let children = dir.children_mut();
+            // Look up before inserting: the parent usually exists, and `entry` would allocate
+            // the name every time.
+            if !matches!(children.get(name), Some(Node::Dir(_))) {
+                children.insert(name.to_owned(), Node::Dir(Arc::default()));
             }
-            let Node::Dir(child) = slot else { unreachable!("just made a directory") };
+            let Some(Node::Dir(child)) = children.get_mut(name) else { unreachable!("just made a directory") };
             dir = Arc::make_mut(child);
         }
     }
@@ -228,7 +231,7 @@ impl TreeIndex {
 pub fn walk(dir: &Dir, base: Option<&RelPath>, f: &mut dyn FnMut(&RelPath, &Node)) {
     for (name, node) in &dir.children {
         // Names in an index were validated when they entered it.
-        let Ok(path) = RelPath::child_of(base, name) else { continue };
+        let path = RelPath::child_of_valid(base, name);
         f(&path, node);
         if let Node::Dir(d) = node {
             walk(d, Some(&path), f);
