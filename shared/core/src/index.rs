@@ -78,12 +78,14 @@ impl Node {
     pub fn digest(&self) -> Hash {
         match self {
             Node::File(m) => {
-                let mut h = blake3::Hasher::new();
-                h.update(b"f");
-                h.update(&[u8::from(m.executable)]);
-                h.update(&m.size.to_le_bytes());
-                h.update(&m.hash.0);
-                h.finalize().into()
+                // One call over the concatenation (the same digest as feeding a hasher piece
+                // by piece): a root hash computes 20,000 of these for a big tree.
+                let mut bytes = [0u8; 1 + 1 + 8 + 32];
+                bytes[0] = b'f';
+                bytes[1] = u8::from(m.executable);
+                bytes[2..10].copy_from_slice(&m.size.to_le_bytes());
+                bytes[10..].copy_from_slice(&m.hash.0);
+                blake3::hash(&bytes).into()
             }
             Node::Symlink(target) => {
                 let mut h = blake3::Hasher::new();
