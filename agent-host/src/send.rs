@@ -211,12 +211,15 @@ pub async fn send_stream(
             continue;
         }
         let path = root.join(p.record.path.as_str());
-        let chunker = p.remember_chunks.then(|| {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                File::open(path).and_then(|f| chunk::chunk_reader(std::io::BufReader::with_capacity(IO_CHUNK, f)))
-            })
-        });
+        // A large file sent whole: its chunk list (for the deltas of its next edits) is made
+        // from the very bytes sent, on a blocking thread, instead of reading the file again.
+        let (chunk_feed, chunker) = if p.remember_chunks {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKER_QUEUE);
+            let task = tokio::task::spawn_blocking(move || chunk::chunk_reader(Fed { rx, current: Bytes::new() }));
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
         // A file that vanished since it was hashed is sent as zeros: the stream stays
         // well-formed, the agent sees the hash mismatch, and the next changeset catches up.
         let file = File::open(&path).ok();
@@ -228,12 +231,18 @@ pub async fn send_stream(
                 if let Some(f) = &file {
                     read_at_most(f, &mut buf, offset + done);
                 }
-                stream.write_chunk(Bytes::from(buf)).await?;
+                let bytes = Bytes::from(buf);
+                if let Some(feed) = &chunk_feed {
+                    // The chunker only stops early if it failed; the list is then not kept.
+                    let _ = feed.send(bytes.clone()).await;
+                }
+                stream.write_chunk(bytes).await?;
                 done += n as u64;
                 progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
         progress.files.fetch_add(1, Ordering::Relaxed);
+        drop(chunk_feed); // the end of the content
         if let Some(chunker) = chunker {
             if let Ok(Ok((list, hash))) = chunker.await {
                 if hash == p.record.hash {
@@ -244,6 +253,29 @@ pub async fn send_stream(
     }
     stream.finish()?;
     Ok(())
+}
+
+/// Buffers queued for a chunker, at most (of `IO_CHUNK` bytes each).
+const CHUNKER_QUEUE: usize = 8;
+
+/// The bytes of a file as they are sent, for the chunker.
+struct Fed {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for Fed {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(next) => self.current = next,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Fills `buf` from `offset`, leaving zeros past the end of the file.

@@ -30,6 +30,11 @@ pub struct Sandbox {
     next_temp: AtomicU64,
     /// Directories opened during the current commit, by path.
     open_dirs: Mutex<Option<HashMap<String, Arc<OwnedFd>>>>,
+    /// This process's id, the prefix of staging names (a syscall saved per file).
+    pid: u32,
+    /// True when the umask lets a staging file be created with exactly the mode of a synced
+    /// file, so no `fchmod` per file is needed.
+    temp_mode_exact: bool,
 }
 
 /// What a delete did.
@@ -52,8 +57,15 @@ impl Sandbox {
         let root_fd = rustix::fs::open(root, dir_flags(), Mode::empty())?;
         let state = ensure_dir(&root_fd, AGENT_STATE_DIR)?;
         let tmp = ensure_dir(&state, TMP_DIR)?;
-        let sandbox =
-            Self { root: Arc::new(root_fd), state, tmp, next_temp: AtomicU64::new(0), open_dirs: Mutex::new(None) };
+        let sandbox = Self {
+            root: Arc::new(root_fd),
+            state,
+            tmp,
+            next_temp: AtomicU64::new(0),
+            open_dirs: Mutex::new(None),
+            pid: std::process::id(),
+            temp_mode_exact: umask().is_some_and(|m| m & file_mode(false) == 0),
+        };
         sandbox.clear_tmp()?;
         // Prove the root is writable now, not at the first changeset.
         let (name, _) = sandbox.create_temp()?;
@@ -119,14 +131,21 @@ impl Sandbox {
 
     /// A new, empty staging file, and its name in the staging area.
     pub fn create_temp(&self) -> io::Result<(String, File)> {
-        let name = format!("{}.{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed));
+        let name = format!("{}.{}", self.pid, self.next_temp.fetch_add(1, Ordering::Relaxed));
+        // The staging area is the agent's own (0700): its files may have their final mode.
         let fd = rustix::fs::openat(
             &self.tmp,
             name.as_str(),
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(file_mode(false)),
         )?;
         Ok((name, File::from(fd)))
+    }
+
+    /// True when a new staging file already has the plain mode of a synced file (0644): the
+    /// umask took nothing away.
+    pub fn temp_mode_exact(&self) -> bool {
+        self.temp_mode_exact
     }
 
     /// Removes a staging file that will not be committed.
@@ -233,6 +252,14 @@ fn ensure_dir(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
 /// The mode a synced file gets: hotsync carries only the executable bit.
 pub fn file_mode(executable: bool) -> u32 {
     if executable { 0o755 } else { 0o644 }
+}
+
+/// This process's umask, read from /proc (setting it to read it would race with other threads
+/// creating files).
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 #[cfg(test)]

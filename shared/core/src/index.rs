@@ -78,12 +78,14 @@ impl Node {
     pub fn digest(&self) -> Hash {
         match self {
             Node::File(m) => {
-                let mut h = blake3::Hasher::new();
-                h.update(b"f");
-                h.update(&[u8::from(m.executable)]);
-                h.update(&m.size.to_le_bytes());
-                h.update(&m.hash.0);
-                h.finalize().into()
+                // One call over the concatenation (the same digest as feeding a hasher piece
+                // by piece): a root hash computes 20,000 of these for a big tree.
+                let mut bytes = [0u8; 1 + 1 + 8 + 32];
+                bytes[0] = b'f';
+                bytes[1] = u8::from(m.executable);
+                bytes[2..10].copy_from_slice(&m.size.to_le_bytes());
+                bytes[10..].copy_from_slice(&m.hash.0);
+                blake3::hash(&bytes).into()
             }
             Node::Symlink(target) => {
                 let mut h = blake3::Hasher::new();
@@ -187,9 +189,10 @@ impl TreeIndex {
 
     /// Number of entries (files, links and directories), not counting the root.
     pub fn len(&self) -> usize {
-        let mut n = 0;
-        walk(&self.root, None, &mut |_, _| n += 1);
-        n
+        fn count(dir: &Dir) -> usize {
+            dir.children.values().map(|node| 1 + if let Node::Dir(d) = node { count(d) } else { 0 }).sum()
+        }
+        count(&self.root)
     }
 
     /// True when the tree has no entry.
@@ -214,11 +217,13 @@ impl TreeIndex {
             if components.peek().is_none() {
                 return (dir, name);
             }
-            let slot = dir.children_mut().entry(name.to_owned()).or_insert_with(|| Node::Dir(Arc::default()));
-            if !matches!(slot, Node::Dir(_)) {
-                *slot = Node::Dir(Arc::default());
+            let children = dir.children_mut();
+            // Look up before inserting: the parent usually exists, and `entry` would allocate
+            // the name every time.
+            if !matches!(children.get(name), Some(Node::Dir(_))) {
+                children.insert(name.to_owned(), Node::Dir(Arc::default()));
             }
-            let Node::Dir(child) = slot else { unreachable!("just made a directory") };
+            let Some(Node::Dir(child)) = children.get_mut(name) else { unreachable!("just made a directory") };
             dir = Arc::make_mut(child);
         }
     }
@@ -228,7 +233,7 @@ impl TreeIndex {
 pub fn walk(dir: &Dir, base: Option<&RelPath>, f: &mut dyn FnMut(&RelPath, &Node)) {
     for (name, node) in &dir.children {
         // Names in an index were validated when they entered it.
-        let Ok(path) = RelPath::child_of(base, name) else { continue };
+        let path = RelPath::child_of_valid(base, name);
         f(&path, node);
         if let Node::Dir(d) = node {
             walk(d, Some(&path), f);

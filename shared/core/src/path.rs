@@ -54,9 +54,11 @@ impl RelPath {
         if s.starts_with('/') {
             return Err(PathError::Absolute(s));
         }
-        if s.contains('\0') || s.contains('\\') {
+        if s.bytes().any(|b| b == 0 || b == b'\\') {
             return Err(PathError::BadByte(s));
         }
+        // One pass over the components (scans validate every path of a tree).
+        let mut first = true;
         for component in s.split('/') {
             if component.is_empty() || component == "." || component == ".." {
                 return Err(PathError::BadComponent(s));
@@ -64,11 +66,29 @@ impl RelPath {
             if component.len() > MAX_NAME_LEN {
                 return Err(PathError::TooLong);
             }
-        }
-        if s.split('/').next() == Some(AGENT_STATE_DIR) {
-            return Err(PathError::Reserved(s));
+            if first && component == AGENT_STATE_DIR {
+                return Err(PathError::Reserved(s));
+            }
+            first = false;
         }
         Ok(Self(s))
+    }
+
+    /// `parent/name` where both are known valid: `name` is a component of a path that was
+    /// validated (a name held by a [`crate::TreeIndex`]). Skips validation, not safety: the
+    /// index only holds names that came in as parts of a `RelPath`.
+    pub(crate) fn child_of_valid(parent: Option<&RelPath>, name: &str) -> RelPath {
+        debug_assert!(RelPath::child_of(parent, name).is_ok(), "{parent:?} / {name:?} is not a valid path");
+        match parent {
+            Some(p) => {
+                let mut s = String::with_capacity(p.0.len() + 1 + name.len());
+                s.push_str(&p.0);
+                s.push('/');
+                s.push_str(name);
+                Self(s)
+            }
+            None => Self(name.to_owned()),
+        }
     }
 
     /// The path as a `/`-separated string.
@@ -116,8 +136,16 @@ impl RelPath {
 }
 
 impl Ord for RelPath {
+    /// Component-wise order, computed byte-wise: `/` ranks below every byte a component may
+    /// hold (NUL is refused), which is exactly what comparing the components one by one gives,
+    /// without splitting.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.components().cmp(other.components())
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+        match a.iter().zip(b).position(|(x, y)| x != y) {
+            Some(i) => rank(a[i]).cmp(&rank(b[i])),
+            None => a.len().cmp(&b.len()),
+        }
     }
 }
 
@@ -203,5 +231,15 @@ mod tests {
         assert_eq!(ab.parent(), Some(a.clone()));
         assert_eq!(ab.file_name(), "b");
         assert_eq!(a.parent(), None);
+    }
+
+    proptest::proptest! {
+        /// The byte-wise comparison agrees with comparing components one by one.
+        #[test]
+        fn byte_order_is_component_order(a in "[a/b.-]{1,12}", b in "[a/b.-]{1,12}") {
+            if let (Ok(a), Ok(b)) = (RelPath::new(a), RelPath::new(b)) {
+                proptest::prop_assert_eq!(a.cmp(&b), a.components().cmp(b.components()));
+            }
+        }
     }
 }

@@ -124,23 +124,28 @@ impl IgnoreRules {
         if !self.enabled {
             return false;
         }
-        let abs = self.root.join(path.as_str());
-        let mut dir = path.parent();
-        loop {
-            let key = dir.as_ref().map_or("", RelPath::as_str);
-            if let Some(gi) = self.per_dir.get(key) {
-                match gi.matched(&abs, is_dir) {
-                    Match::Ignore(_) => return true,
-                    Match::Whitelist(_) => return false,
-                    Match::None => {}
+        // Asked for every entry of every scan: the absolute path is built only when a rule
+        // set is actually consulted (most trees have few ignore files).
+        let mut abs = None;
+        let mut abs = || abs.get_or_insert_with(|| self.root.join(path.as_str())).clone();
+        if !self.per_dir.is_empty() {
+            let mut dir = path.parent();
+            loop {
+                let key = dir.as_ref().map_or("", RelPath::as_str);
+                if let Some(gi) = self.per_dir.get(key) {
+                    match gi.matched(abs(), is_dir) {
+                        Match::Ignore(_) => return true,
+                        Match::Whitelist(_) => return false,
+                        Match::None => {}
+                    }
+                }
+                match dir {
+                    Some(d) => dir = d.parent(),
+                    None => break,
                 }
             }
-            match dir {
-                Some(d) => dir = d.parent(),
-                None => break,
-            }
         }
-        self.extra.matched(&abs, is_dir).is_ignore()
+        !self.extra.is_empty() && self.extra.matched(abs(), is_dir).is_ignore()
     }
 
     /// Is `path` or any directory above it ignored?

@@ -1,8 +1,10 @@
 //! Walks a tree into an index: stat everything, hash only what the cache cannot vouch for,
 //! on every core.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -63,11 +65,15 @@ impl Scanner {
         let mut index = TreeIndex::new();
         let mut report = ScanReport::default();
         let entries = self.walk(None, &mut report);
+        {
+            // Forget the cached hashes of files that are gone.
+            let files: HashSet<&str> =
+                entries.iter().filter(|(_, e)| matches!(e, Entry::File(_))).map(|(p, _)| p.as_str()).collect();
+            self.cache.retain_paths(|p| files.contains(p));
+        }
         for (path, entry) in entries {
             index.insert(&path, entry);
         }
-        let live = |p: &str| RelPath::new(p).is_ok_and(|p| index.get(&p).is_some());
-        self.cache.retain_paths(live);
         Ok((index, report))
     }
 
@@ -90,7 +96,8 @@ impl Scanner {
         }
     }
 
-    /// Walks from `start` (the root when `None`), returning its entries parents first.
+    /// Walks from `start` (the root when `None`), returning its entries, each after its
+    /// parent directory (siblings in no particular order).
     fn walk(&mut self, start: Option<&RelPath>, report: &mut ScanReport) -> Vec<(RelPath, Entry)> {
         let abs_start = start.map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()));
         let root = self.root.clone();
@@ -168,7 +175,6 @@ impl Scanner {
                 Err(e) => report.skipped.push(Skipped { path: file.path.to_string(), reason: io_reason(Some(&e)) }),
             }
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries
     }
 }
@@ -176,17 +182,16 @@ impl Scanner {
 /// Hashes files on every core: reading and hashing 20,000 small files is syscall-bound.
 fn hash_all<'a>(root: &Path, files: &'a [PendingFile]) -> Vec<(&'a PendingFile, io::Result<(Hash, u64)>)> {
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+    let hash_part = |part: &'a [PendingFile]| {
+        let mut buf = Vec::new();
+        part.iter().map(|f| (f, hash_file_sized(&root.join(f.path.as_str()), f.key.size, &mut buf))).collect::<Vec<_>>()
+    };
     if files.len() < 64 || workers == 1 {
-        return files.iter().map(|f| (f, hash_file(&root.join(f.path.as_str())))).collect();
+        return hash_part(files);
     }
     let per = files.len().div_ceil(workers);
     std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || part.iter().map(|f| (f, hash_file(&root.join(f.path.as_str())))).collect::<Vec<_>>())
-            })
-            .collect();
+        let handles: Vec<_> = files.chunks(per).map(|part| s.spawn(move || hash_part(part))).collect();
         // A hashing thread only panics if the allocator does; propagate it.
         handles.into_iter().flat_map(|h| h.join().expect("hash worker panicked")).collect()
     })
@@ -194,20 +199,60 @@ fn hash_all<'a>(root: &Path, files: &'a [PendingFile]) -> Vec<(&'a PendingFile, 
 
 /// The blake3 and length of a file's content, read as it is now.
 pub fn hash_file(path: &Path) -> io::Result<(Hash, u64)> {
+    let size = fs::metadata(path)?.len();
+    hash_file_sized(path, size, &mut Vec::new())
+}
+
+/// Read size for hashing: large enough for blake3 to hash many 1 KiB chunks at once (SIMD)
+/// and for a 200 MiB file to take few syscalls, small enough to keep per thread.
+const HASH_BUFFER: usize = 256 * 1024;
+
+/// Like [`hash_file`] for a file whose size a stat just gave, reading into `buf`. A read that
+/// ends exactly at `size` short of the buffer is the end of the file (a regular file only
+/// reads short at its end), so a small file costs one `read`, not a second one to see EOF;
+/// a file that grew since its stat is read on to its real end.
+pub fn hash_file_sized(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<(Hash, u64)> {
     let mut f = fs::File::open(path)?;
+    let want = (size as usize).saturating_add(1).min(HASH_BUFFER);
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
     let mut hasher = blake3::Hasher::new();
-    let n = io::copy(&mut f, &mut hasher)?;
-    Ok((hasher.finalize().into(), n))
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf[..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        if total == size && n < buf.len() {
+            break;
+        }
+    }
+    Ok((hasher.finalize().into(), total))
 }
 
 fn relative(root: &Path, path: &Path) -> Option<Result<RelPath, String>> {
-    let rel = path.strip_prefix(root).ok()?;
-    if rel.as_os_str().is_empty() {
+    // The walker builds every path as `root` joined with names, so the relative part is a
+    // byte suffix: cheaper than `Path::strip_prefix`, which compares component by component.
+    let (r, p) = (root.as_os_str().as_bytes(), path.as_os_str().as_bytes());
+    let rel: &[u8] = match p.strip_prefix(r) {
+        Some(rest) if r.ends_with(b"/") => rest,
+        Some([]) => return None,
+        Some([b'/', rest @ ..]) => rest,
+        _ => path.strip_prefix(root).ok()?.as_os_str().as_bytes(),
+    };
+    if rel.is_empty() {
         return None;
     }
-    Some(match rel.to_str() {
-        Some(s) => RelPath::new(s).map_err(|e| e.to_string()),
-        None => Err("name is not UTF-8".into()),
+    Some(match std::str::from_utf8(rel) {
+        Ok(s) => RelPath::new(s).map_err(|e| e.to_string()),
+        Err(_) => Err("name is not UTF-8".into()),
     })
 }
 
