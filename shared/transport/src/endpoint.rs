@@ -35,28 +35,39 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     // Idle timeout bounds how long a dead link goes unnoticed.
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(8_000))));
-    // Ask the peer to acknowledge within 2 ms instead of QUIC's default 25 ms. The peer's
-    // max_ack_delay is part of every probe timeout, and a closed connection lingers for three
-    // of them: a `--once` run waited ~80 ms at exit for nothing. Bulk transfers are not
-    // affected (they are acknowledged every other packet anyway).
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.max_ack_delay(Some(ACK_DELAY));
-    t.ack_frequency_config(Some(ack));
     t
 }
 
-/// The acknowledgement delay each side asks of the other.
-const ACK_DELAY: Duration = Duration::from_millis(2);
-
-/// Path MTU discovery for the host, the side that sends the bulk. Quinn's default binary search
-/// from 1,200 to 1,452 bytes sends four padded probes (about 5.6 KB) on every connection, which
-/// is most of what a reconnect with nothing to send costs. With a minimum step of 126 bytes it
-/// probes 1,326 then 1,452 (Ethernet, loopback): two probes; a path between the two (an
-/// overlay network) keeps 1,326.
+/// Path MTU discovery for the host, the side that sends the bulk, when the kernel cannot tell
+/// the route's MTU. Quinn's default binary search from 1,200 to 1,452 bytes sends four padded
+/// probes (about 5.6 KB) on every connection; with a minimum step of 126 bytes it probes 1,326
+/// then 1,452: two probes.
 fn host_mtu_discovery() -> quinn::MtuDiscoveryConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.minimum_change(126);
     mtu
+}
+
+/// The largest UDP payload the host sends: quinn's default ceiling, which leaves room for
+/// IPv6 and tunnel headers on a 1,500-byte Ethernet path.
+pub const MAX_PAYLOAD: u16 = 1452;
+
+/// The UDP payload that fits the MTU of the kernel's route to `peer` (the first hop: loopback,
+/// a bridge, an overlay network), at most [`MAX_PAYLOAD`]; `None` if the kernel cannot tell.
+/// Starting there replaces the probes of path MTU discovery, whose padded packets are most of
+/// what a short session costs; a smaller link further on shows as lost packets, on which quinn
+/// falls back to 1,200 bytes (its black hole detection).
+pub fn route_payload(peer: SocketAddr) -> Option<u16> {
+    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().ok()?;
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(peer).ok()?;
+    let (mtu, headers) = if peer.is_ipv6() {
+        (rustix::net::sockopt::ipv6_mtu(&socket).ok()?, 48)
+    } else {
+        (rustix::net::sockopt::ip_mtu(&socket).ok()?, 28)
+    };
+    let payload = u16::try_from(mtu.saturating_sub(headers)).unwrap_or(u16::MAX).min(MAX_PAYLOAD);
+    (payload >= 1200).then_some(payload)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -85,8 +96,13 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Endpoin
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No session tickets: a new host process cannot resume (rustls keeps sessions in memory
+    // only) and a resumed handshake saves no bytes (QUIC pads the first flights anyway).
+    tls.send_tls13_tickets = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    // Nor address-validation tokens for later connections: the agent never asks for a retry.
+    config.validation_token.sent(0);
     let mut transport = transport_config();
     // The agent sends little (acknowledgements, answers, an index now and then): probing for
     // larger packets would cost more bytes than it saves.
@@ -96,7 +112,9 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Endpoin
 }
 
 /// The client side's QUIC configuration: trusts only the CA, presents the host certificate.
-pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, EndpointError> {
+/// `payload` is the packet size the path is known to carry ([`route_payload`]); without it the
+/// host discovers it.
+pub fn client_config(identity: &Identity, payload: Option<u16>) -> Result<quinn::ClientConfig, EndpointError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -107,7 +125,14 @@ pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, Endpoin
     let crypto = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config();
-    transport.mtu_discovery_config(Some(host_mtu_discovery()));
+    match payload {
+        Some(payload) => {
+            transport.initial_mtu(payload).mtu_discovery_config(None);
+        }
+        None => {
+            transport.mtu_discovery_config(Some(host_mtu_discovery()));
+        }
+    }
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -116,7 +141,30 @@ pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, Endpoin
 pub fn client_endpoint(identity: &Identity, peer: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
     let bind: SocketAddr =
         if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("a literal socket address");
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
-    endpoint.set_default_client_config(client_config(identity)?);
+    let socket = std::net::UdpSocket::bind(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    // The host's connection IDs are empty: each session has its own endpoint, so the agent's
+    // packets are told apart by address, and no ID is spent on them (nor issued in advance).
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.cid_generator(|| Box::new(EmptyConnectionIds));
+    let mut endpoint = quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client_config(identity, route_payload(peer))?);
     Ok(endpoint)
+}
+
+/// Zero-length connection IDs (RFC 9000 §5.1), for an endpoint with a single connection.
+struct EmptyConnectionIds;
+
+impl quinn::ConnectionIdGenerator for EmptyConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+
+    fn cid_len(&self) -> usize {
+        0
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -238,7 +238,7 @@ mod tests {
         });
 
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (client, peer) = client_over(stream, client_config(&host).unwrap()).unwrap();
+        let (client, peer) = client_over(stream, client_config(&host, None).unwrap()).unwrap();
         let conn = client.connect(peer, hotsync_core::proto::AGENT_SERVER_NAME).unwrap().await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let payload: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
