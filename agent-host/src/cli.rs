@@ -459,7 +459,18 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         bail!("source {} is not a directory", root.display());
     }
     let (cache_file, chunks_file) = cache_files(&root, args.cache_dir.as_deref());
-    let snapshots = source::start(&root, &args.ignore, cache_file, !args.once, ui.clone())?;
+    // The scan runs while the session connects; its receiver is kept for the save below.
+    let scanned = Arc::new(std::sync::OnceLock::new());
+    let scan = {
+        let (root, ignore, watch, ui, scanned) =
+            (root.clone(), args.ignore.clone(), !args.once, ui.clone(), scanned.clone());
+        async move {
+            let snapshots =
+                tokio::task::spawn_blocking(move || source::start(&root, &ignore, cache_file, watch, ui)).await??;
+            let _ = scanned.set(snapshots.clone());
+            Ok(snapshots)
+        }
+    };
     let memory = Arc::new(ChunkMemory::load(&chunks_file));
     let cfg = SessionConfig {
         route: Route::new(addr, args.transport),
@@ -470,9 +481,10 @@ async fn sync(args: SyncArgs) -> anyhow::Result<()> {
         memory: memory.clone(),
     };
     let result = tokio::select! {
-        r = session::run(cfg, snapshots.clone(), ui) => r,
+        r = session::run_while_scanning(cfg, scan, ui) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
+    let Some(snapshots) = scanned.get() else { return result };
     let index = snapshots.borrow().index.clone();
     let live = crate::source::content_hashes(&index);
     if let Err(e) = memory.save(&chunks_file, |h| live.contains(h)) {

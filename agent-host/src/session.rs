@@ -93,12 +93,24 @@ struct Fatal(anyhow::Error);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a finished session waits for its close to leave.
+const CLOSE_GRACE: Duration = Duration::from_millis(5);
 /// Changesets at least this big report progress.
 const PROGRESS_FILES: usize = 1000;
 const PROGRESS_BYTES: u64 = 32 << 20;
 
 /// Runs the session until `once` is done, a fatal error, or forever.
-pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot>>, ui: Ui) -> anyhow::Result<()> {
+pub async fn run(cfg: SessionConfig, snapshots: watch::Receiver<Arc<Snapshot>>, ui: Ui) -> anyhow::Result<()> {
+    run_while_scanning(cfg, std::future::ready(Ok(snapshots)), ui).await
+}
+
+/// Like [`run`], with the source still being scanned: the first connection (handshake, and
+/// the agent's own rescan behind its welcome) overlaps the host's scan instead of following it.
+pub async fn run_while_scanning(
+    cfg: SessionConfig,
+    scan: impl Future<Output = anyhow::Result<watch::Receiver<Arc<Snapshot>>>>,
+    ui: Ui,
+) -> anyhow::Result<()> {
     let udp = match cfg.route {
         Route::Udp(addr) => {
             Some(hotsync_transport::client_endpoint(&cfg.identity, addr).context("cannot create the QUIC endpoint")?)
@@ -108,17 +120,21 @@ pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot
     let mut model: Option<TreeIndex> = None;
     let mut next_id = 0u64;
     let mut backoff = BACKOFF_START;
+    ui.emit(Event::Connecting { target: cfg.label.clone() });
+    let first = async { Ok(connect(udp.as_ref(), &cfg).await) };
+    let (mut snapshots, mut attempt) = tokio::try_join!(scan, first)?;
     loop {
-        ui.emit(Event::Connecting { target: cfg.label.clone() });
-        let result = connect(udp.as_ref(), &cfg).await;
-        let err = match result {
-            Ok((conn, endpoint)) => {
+        let err = match attempt {
+            Ok((conn, endpoint, greeting)) => {
                 backoff = BACKOFF_START;
-                let out = sync_connection(&conn, &cfg, &mut snapshots, &mut model, &ui, &mut next_id).await;
+                let out = sync_connection(&conn, greeting, &cfg, &mut snapshots, &mut model, &ui, &mut next_id).await;
                 conn.close(0u32.into(), b"bye");
                 match out {
                     Ok(()) => {
-                        endpoint.wait_idle().await;
+                        // The close leaves in the endpoint's next send; the draining period
+                        // after it (three probe timeouts) only answers late packets, which the
+                        // agent does not need: its session ends at the first close it reads.
+                        let _ = tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle()).await;
                         return Ok(());
                     }
                     Err(e) => e,
@@ -139,15 +155,17 @@ pub async fn run(cfg: SessionConfig, mut snapshots: watch::Receiver<Arc<Snapshot
         });
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+        ui.emit(Event::Connecting { target: cfg.label.clone() });
+        attempt = connect(udp.as_ref(), &cfg).await;
     }
 }
 
-/// Connects over UDP (with the shared endpoint) or over a fresh byte stream; returns the
-/// endpoint the connection lives on.
+/// Connects over UDP (with the shared endpoint) or over a fresh byte stream and greets the
+/// agent; returns the endpoint the connection lives on.
 async fn connect(
     udp: Option<&quinn::Endpoint>,
     cfg: &SessionConfig,
-) -> anyhow::Result<(quinn::Connection, quinn::Endpoint)> {
+) -> anyhow::Result<(quinn::Connection, quinn::Endpoint, Greeting)> {
     let (endpoint, peer) = match (&cfg.route, udp) {
         (Route::Udp(addr), Some(endpoint)) => (endpoint.clone(), *addr),
         (Route::Tcp(addr), _) => {
@@ -172,11 +190,35 @@ async fn connect(
     };
     let connecting = endpoint.connect(peer, AGENT_SERVER_NAME).context("cannot start a connection")?;
     let conn = handshake(connecting, cfg).await?;
-    Ok((conn, endpoint))
+    let greeting = greet(&conn).await?;
+    Ok((conn, endpoint, greeting))
+}
+
+/// What the agent said when the session opened.
+struct Greeting {
+    control: Control,
+    /// The root hash of the agent's tree, freshly rescanned.
+    root: hotsync_core::Hash,
+    agent: String,
+}
+
+/// Opens the control stream: Hello, answered by Welcome once the agent has rescanned its root.
+async fn greet(conn: &quinn::Connection) -> anyhow::Result<Greeting> {
+    let (mut send, recv) = conn.open_bi().await?;
+    let hello = HostMsg::Hello { version: PROTOCOL_VERSION, client: format!("hotsync {}", env!("CARGO_PKG_VERSION")) };
+    // One write, so the magic and the hello share a packet.
+    send.write_all(&[&MAGIC[..], &hotsync_core::codec::encode(&hello)].concat()).await?;
+    let mut control = Control { send, recv };
+    let AgentMsg::Welcome { root, agent, .. } = control.recv().await? else {
+        bail!("the agent did not answer Hello with Welcome");
+    };
+    Ok(Greeting { control, root, agent })
 }
 
 fn over_stream(stream: impl ByteStream, cfg: &SessionConfig) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
-    let client = hotsync_transport::endpoint::client_config(&cfg.identity)?;
+    // Over a byte stream nothing is lost to size: full-size packets from the start, no probes.
+    let client =
+        hotsync_transport::endpoint::client_config(&cfg.identity, Some(hotsync_transport::endpoint::MAX_PAYLOAD))?;
     Ok(hotsync_transport::stream_socket::client_over(stream, client)?)
 }
 
@@ -255,6 +297,7 @@ impl Control {
 
 async fn sync_connection(
     conn: &quinn::Connection,
+    greeting: Greeting,
     cfg: &SessionConfig,
     snapshots: &mut watch::Receiver<Arc<Snapshot>>,
     model: &mut Option<TreeIndex>,
@@ -262,14 +305,7 @@ async fn sync_connection(
     next_id: &mut u64,
 ) -> anyhow::Result<()> {
     let connected_at = Instant::now();
-    let (mut send, recv) = conn.open_bi().await?;
-    send.write_all(&MAGIC).await?;
-    let hello = HostMsg::Hello { version: PROTOCOL_VERSION, client: format!("hotsync {}", env!("CARGO_PKG_VERSION")) };
-    write_frame(&mut send, &hello).await?;
-    let mut control = Control { send, recv };
-    let AgentMsg::Welcome { root, agent, .. } = control.recv().await? else {
-        bail!("the agent did not answer Hello with Welcome");
-    };
+    let Greeting { mut control, root, agent } = greeting;
     // One hash decides whether a file list is needed: the agent has what we last left it
     // with, or exactly our current tree (a new host process, nothing changed).
     let known = model.as_ref().is_some_and(|m| m.root_hash() == root);
@@ -300,6 +336,9 @@ async fn sync_connection(
                 reported_in_sync = true;
             }
             if cfg.once {
+                // Closed here, before the control stream is dropped: its end would otherwise
+                // travel in a packet of its own ahead of the close.
+                conn.close(0u32.into(), b"bye");
                 return Ok(());
             }
             tokio::select! {

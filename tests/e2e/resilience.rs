@@ -64,7 +64,13 @@ fn an_agent_killed_mid_stream_and_restarted_converges_with_nothing_lost() {
     wait_same_tree(&env.src, &env.dst);
     host.wait_in_sync();
     let staging = env.dst.join(".hotsync/tmp");
-    assert_eq!(fs::read_dir(&staging).unwrap().count(), 0, "no staging file left behind");
+    let left: Vec<_> = walkdir::WalkDir::new(&staging)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| e.path().to_owned())
+        .collect();
+    assert!(left.is_empty(), "no staging file left behind: {left:?}");
     drop(agent);
 }
 
