@@ -15,12 +15,12 @@ use hotsync_core::proto::{Failure, FileRecord, Piece};
 use hotsync_core::{Hash, RelPath, TreeIndex};
 use hotsync_scan::{HashCache, StatKey};
 
-use crate::sandbox::{Deleted, Sandbox, file_mode};
+use crate::sandbox::{Deleted, Sandbox, TempName, file_mode};
 
 /// A file's new content, verified and waiting in the staging area.
 #[derive(Debug)]
 pub struct Staged {
-    pub temp: String,
+    pub temp: TempName,
     pub hash: Hash,
     pub size: u64,
     pub key: StatKey,
@@ -31,7 +31,7 @@ pub struct Staged {
 pub struct StagingFile<'a> {
     sandbox: &'a Sandbox,
     record: FileRecord,
-    temp: String,
+    temp: TempName,
     file: File,
     hasher: blake3::Hasher,
     written: u64,
