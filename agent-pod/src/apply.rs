@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 
 use hotsync_core::diff::{self, Op};
+use hotsync_core::index::Node;
 use hotsync_core::proto::{Failure, FileRecord, Piece};
 use hotsync_core::{Hash, RelPath, TreeIndex};
 use hotsync_scan::{HashCache, StatKey};
@@ -154,7 +155,15 @@ pub struct Outcome {
     pub failed: Vec<Failure>,
     /// True when anything on disk changed (the reload action then runs).
     pub changed: bool,
+    /// Large files the changeset replaced or deleted, still linked in the staging area: the
+    /// caller removes them after answering ([`Sandbox::set_aside`]).
+    pub set_aside: Vec<TempName>,
 }
+
+/// Replaced or deleted files at least this big are removed after the answer: freeing a file's
+/// pages takes the kernel about 0.5 ms per MiB (100 ms for 200 MiB, on ext4 here), which the
+/// rename over it or the unlink would otherwise spend inside the changeset.
+const SET_ASIDE_SIZE: u64 = 4 << 20;
 
 /// Applies `ops` in order with their staged content, keeping `index` and `cache` in step with
 /// the disk. A failed operation is reported and leaves the index as the disk is.
@@ -167,8 +176,14 @@ pub fn apply_changeset(
 ) -> Outcome {
     let mut failed = Vec::new();
     let mut changed = false;
+    let mut set_aside = Vec::new();
     sandbox.begin_commit();
     for op in ops {
+        if let Op::Write { path, .. } | Op::Delete { path } = op {
+            if matches!(index.get(path), Some(Node::File(m)) if m.size >= SET_ASIDE_SIZE) {
+                set_aside.extend(sandbox.set_aside(path));
+            }
+        }
         let result = apply_op(sandbox, op, staged, cache);
         match result {
             Ok(did_change) => {
@@ -183,7 +198,7 @@ pub fn apply_changeset(
     for (_, s) in staged.drain() {
         sandbox.discard_temp(&s.temp);
     }
-    Outcome { failed, changed }
+    Outcome { failed, changed, set_aside }
 }
 
 fn apply_op(

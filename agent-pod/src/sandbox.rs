@@ -187,6 +187,17 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Links the file at `path` into the staging area too, so that replacing or deleting it
+    /// only removes a name; [`Sandbox::discard_temp`] frees it later. `None` if it cannot be
+    /// linked (gone, or hard links not allowed): it is then freed as it goes.
+    pub fn set_aside(&self, path: &RelPath) -> Option<TempName> {
+        let parent = self.parent(path).ok()?;
+        let temp = self.next_temp_name("old");
+        rustix::fs::linkat(&*parent, path.file_name(), self.tmp_dir(&temp), temp.name.as_str(), AtFlags::empty())
+            .ok()?;
+        Some(temp)
+    }
+
     /// Opens the file at `path` for reading, refusing a symlink.
     pub fn open_read(&self, path: &RelPath) -> io::Result<File> {
         let parent = self.parent(path)?;

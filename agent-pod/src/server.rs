@@ -295,14 +295,19 @@ async fn commit(
     let _one_at_a_time = shared.commit_lock.lock().await;
     let started = Instant::now();
     let worker = shared.clone();
-    let (outcome, root, mut failed) = tokio::task::spawn_blocking(move || {
+    let (outcome, root, mut failed, set_aside) = tokio::task::spawn_blocking(move || {
         let mut files = pending.files;
         let mut st = worker.state.lock().expect("state lock");
         let State { scanner, index } = &mut *st;
         let outcome = apply_changeset(&worker.sandbox, &ops, &mut files, index, &mut scanner.cache);
-        (outcome.changed, index.root_hash(), [pending.failures, outcome.failed].concat())
+        (outcome.changed, index.root_hash(), [pending.failures, outcome.failed].concat(), outcome.set_aside)
     })
     .await?;
+    if !set_aside.is_empty() {
+        // Freed while the answer travels.
+        let worker = shared.clone();
+        tokio::task::spawn_blocking(move || set_aside.iter().for_each(|t| worker.sandbox.discard_temp(t)));
+    }
     shared.cache_dirty.store(true, Ordering::Relaxed);
     shared.cache_changed.notify_one();
     let reload_report = if reload && outcome {

@@ -63,13 +63,7 @@ fn an_agent_killed_mid_stream_and_restarted_converges_with_nothing_lost() {
     let agent = Agent::start(&env.dst, &env.creds, &addr.to_string(), &[]);
     wait_same_tree(&env.src, &env.dst);
     host.wait_in_sync();
-    let staging = env.dst.join(".hotsync/tmp");
-    let left: Vec<_> = walkdir::WalkDir::new(&staging)
-        .into_iter()
-        .map(Result::unwrap)
-        .filter(|e| !e.file_type().is_dir())
-        .map(|e| e.path().to_owned())
-        .collect();
+    let left = hotsync_e2e::staging_files(&env.dst);
     assert!(left.is_empty(), "no staging file left behind: {left:?}");
     drop(agent);
 }

@@ -252,6 +252,16 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+/// The files in an agent root's staging area (`.hotsync/tmp`): none once the agent is idle.
+pub fn staging_files(agent_root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(agent_root.join(".hotsync/tmp"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| e.path().to_owned())
+        .collect()
+}
+
 /// What a path is, as a user would check it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {

@@ -38,13 +38,16 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// Path MTU discovery for the host, the side that sends the bulk, when the kernel cannot tell
-/// the route's MTU. Quinn's default binary search from 1,200 to 1,452 bytes sends four padded
-/// probes (about 5.6 KB) on every connection; with a minimum step of 126 bytes it probes 1,326
-/// then 1,452: two probes.
-fn host_mtu_discovery() -> quinn::MtuDiscoveryConfig {
+/// Path MTU discovery for the host, the side that sends the bulk, starting at `start` bytes.
+///
+/// Started at what the kernel's route allows (see [`route_payload`]), it has nothing to probe:
+/// a short session sends no padded probes. A smaller link further on shows as lost packets:
+/// quinn's black hole detection then falls back to 1,200 bytes and the search runs again from
+/// there after a cooldown. When the route is unknown it searches from 1,200 bytes with a
+/// minimum step of 126 bytes: two probes (1,326, then 1,452) instead of quinn's four.
+fn host_mtu_discovery(start: Option<u16>) -> quinn::MtuDiscoveryConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.minimum_change(126);
+    mtu.minimum_change(126).upper_bound(start.unwrap_or(MAX_PAYLOAD)).black_hole_cooldown(Duration::from_secs(10));
     mtu
 }
 
@@ -54,9 +57,9 @@ pub const MAX_PAYLOAD: u16 = 1452;
 
 /// The UDP payload that fits the MTU of the kernel's route to `peer` (the first hop: loopback,
 /// a bridge, an overlay network), at most [`MAX_PAYLOAD`]; `None` if the kernel cannot tell.
-/// Starting there replaces the probes of path MTU discovery, whose padded packets are most of
-/// what a short session costs; a smaller link further on shows as lost packets, on which quinn
-/// falls back to 1,200 bytes (its black hole detection).
+/// Starting there replaces the probes of path MTU discovery, whose padded packets were most of
+/// what a short session cost. (Not more than [`MAX_PAYLOAD`] even on loopback: a port that
+/// Docker publishes on 127.0.0.1 is forwarded onto a 1,500-byte bridge.)
 pub fn route_payload(peer: SocketAddr) -> Option<u16> {
     let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().ok()?;
     let socket = std::net::UdpSocket::bind(bind).ok()?;
@@ -125,14 +128,10 @@ pub fn client_config(identity: &Identity, payload: Option<u16>) -> Result<quinn:
     let crypto = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config();
-    match payload {
-        Some(payload) => {
-            transport.initial_mtu(payload).mtu_discovery_config(None);
-        }
-        None => {
-            transport.mtu_discovery_config(Some(host_mtu_discovery()));
-        }
+    if let Some(payload) = payload {
+        transport.initial_mtu(payload);
     }
+    transport.mtu_discovery_config(Some(host_mtu_discovery(payload)));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -166,5 +165,16 @@ impl quinn::ConnectionIdGenerator for EmptyConnectionIds {
 
     fn cid_lifetime(&self) -> Option<Duration> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_starts_at_full_size_packets() {
+        // Loopback's MTU is 65,536: the host starts at the largest payload it sends.
+        assert_eq!(route_payload("127.0.0.1:9".parse().unwrap()), Some(MAX_PAYLOAD));
     }
 }
