@@ -30,8 +30,6 @@ const BATCH_BYTES: u64 = 1 << 20;
 const BATCH_FILES: usize = 512;
 /// Read and send in pieces of this size.
 const IO_CHUNK: usize = 1 << 20;
-/// Files up to this size are sent with their record in one write.
-const SMALL_FILE: u64 = 64 * 1024;
 
 /// Chunk lists of contents sent before, by content hash, kept across runs.
 #[derive(Default)]
@@ -207,31 +205,12 @@ pub async fn send_stream(
     let mut stream = conn.open_uni().await.context("cannot open a data stream")?;
     write_frame(&mut stream, &DataHeader { changeset }).await?;
     for p in records {
-        let path = root.join(p.record.path.as_str());
-        if let [(0, len)] = p.ranges[..] {
-            if len <= SMALL_FILE && !p.remember_chunks {
-                // A small file whole: its record and its bytes in one write (one trip through
-                // the connection's lock instead of two; 20,000 files make it count).
-                let mut frame = hotsync_core::codec::encode(&p.record);
-                let header = frame.len();
-                frame.resize(header + len as usize, 0);
-                // A file that vanished since it was hashed is sent as zeros: the stream stays
-                // well-formed, the agent sees the hash mismatch, and the next changeset
-                // catches up.
-                if let Ok(file) = File::open(&path) {
-                    read_at_most(&file, &mut frame[header..], 0);
-                }
-                stream.write_chunk(Bytes::from(frame)).await?;
-                progress.bytes.fetch_add(len, Ordering::Relaxed);
-                progress.files.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        }
         write_frame(&mut stream, &p.record).await?;
         if p.ranges.is_empty() {
             progress.files.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let path = root.join(p.record.path.as_str());
         // A large file sent whole: its chunk list (for the deltas of its next edits) is made
         // from the very bytes sent, on a blocking thread, instead of reading the file again.
         let (chunk_feed, chunker) = if p.remember_chunks {
@@ -241,7 +220,9 @@ pub async fn send_stream(
         } else {
             (None, None)
         };
-        let file = File::open(&path).ok(); // sent as zeros if it vanished, as above
+        // A file that vanished since it was hashed is sent as zeros: the stream stays
+        // well-formed, the agent sees the hash mismatch, and the next changeset catches up.
+        let file = File::open(&path).ok();
         for &(offset, len) in &p.ranges {
             let mut done = 0u64;
             while done < len {

@@ -125,10 +125,14 @@ pub async fn run_while_scanning(
     let (mut snapshots, mut attempt) = tokio::try_join!(scan, first)?;
     loop {
         let err = match attempt {
-            Ok((conn, endpoint, greeting)) => {
+            Ok((conn, endpoint, mut greeting)) => {
                 backoff = BACKOFF_START;
-                let out = sync_connection(&conn, greeting, &cfg, &mut snapshots, &mut model, &ui, &mut next_id).await;
+                let out =
+                    sync_connection(&conn, &mut greeting, &cfg, &mut snapshots, &mut model, &ui, &mut next_id).await;
+                // Closed while the control stream still lives: dropped first, its end would
+                // travel in a packet of its own ahead of the close.
                 conn.close(0u32.into(), b"bye");
+                drop(greeting);
                 match out {
                     Ok(()) => {
                         // The close leaves in the endpoint's next send; the draining period
@@ -297,7 +301,7 @@ impl Control {
 
 async fn sync_connection(
     conn: &quinn::Connection,
-    greeting: Greeting,
+    greeting: &mut Greeting,
     cfg: &SessionConfig,
     snapshots: &mut watch::Receiver<Arc<Snapshot>>,
     model: &mut Option<TreeIndex>,
@@ -305,13 +309,13 @@ async fn sync_connection(
     next_id: &mut u64,
 ) -> anyhow::Result<()> {
     let connected_at = Instant::now();
-    let Greeting { mut control, root, agent } = greeting;
+    let (control, root) = (&mut greeting.control, greeting.root);
     // One hash decides whether a file list is needed: the agent has what we last left it
     // with, or exactly our current tree (a new host process, nothing changed).
     let known = model.as_ref().is_some_and(|m| m.root_hash() == root);
     let current = snapshots.borrow().index.clone();
     let same_tree = known || current.root_hash() == root;
-    ui.emit(Event::Connected { target: cfg.label.clone(), agent, same_tree });
+    ui.emit(Event::Connected { target: cfg.label.clone(), agent: greeting.agent.clone(), same_tree });
     if !known {
         *model = Some(if same_tree { current } else { control.fetch_index().await? });
     }
@@ -336,9 +340,6 @@ async fn sync_connection(
                 reported_in_sync = true;
             }
             if cfg.once {
-                // Closed here, before the control stream is dropped: its end would otherwise
-                // travel in a packet of its own ahead of the close.
-                conn.close(0u32.into(), b"bye");
                 return Ok(());
             }
             tokio::select! {
@@ -351,7 +352,7 @@ async fn sync_connection(
         let started = if first { connected_at } else { snap.changed_at };
         first = false;
         *next_id += 1;
-        let failed = send_changeset(conn, cfg, &mut control, *next_id, &ops, model, ui, started).await?;
+        let failed = send_changeset(conn, cfg, control, *next_id, &ops, model, ui, started).await?;
         if failed {
             // Let the disk settle (a file being written as it was sent), then retry; back off if
             // the same paths keep failing.

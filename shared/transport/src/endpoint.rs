@@ -1,6 +1,6 @@
 //! QUIC endpoints with pinned mutual TLS (TLS 1.3 only, ring crypto).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,8 +61,7 @@ pub const MAX_PAYLOAD: u16 = 1452;
 /// what a short session cost. (Not more than [`MAX_PAYLOAD`] even on loopback: a port that
 /// Docker publishes on 127.0.0.1 is forwarded onto a 1,500-byte bridge.)
 pub fn route_payload(peer: SocketAddr) -> Option<u16> {
-    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().ok()?;
-    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    let socket = std::net::UdpSocket::bind(any_port_for(peer)).ok()?;
     socket.connect(peer).ok()?;
     let (mtu, headers) = if peer.is_ipv6() {
         (rustix::net::sockopt::ipv6_mtu(&socket).ok()?, 48)
@@ -138,8 +137,7 @@ pub fn client_config(identity: &Identity, payload: Option<u16>) -> Result<quinn:
 
 /// A client endpoint on an ephemeral port of the address family of `peer`.
 pub fn client_endpoint(identity: &Identity, peer: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
-    let bind: SocketAddr =
-        if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("a literal socket address");
+    let bind = any_port_for(peer);
     let socket = std::net::UdpSocket::bind(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
     // The host's connection IDs are empty: each session has its own endpoint, so the agent's
     // packets are told apart by address, and no ID is spent on them (nor issued in advance).
@@ -149,6 +147,12 @@ pub fn client_endpoint(identity: &Identity, peer: SocketAddr) -> Result<quinn::E
         .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(identity, route_payload(peer))?);
     Ok(endpoint)
+}
+
+/// An ephemeral port on every address of `peer`'s family.
+fn any_port_for(peer: SocketAddr) -> SocketAddr {
+    let any = if peer.is_ipv6() { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+    SocketAddr::new(any, 0)
 }
 
 /// Zero-length connection IDs (RFC 9000 §5.1), for an endpoint with a single connection.
