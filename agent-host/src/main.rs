@@ -4,6 +4,12 @@ use clap::Parser;
 use hotsync_host::cli::{Cli, run};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, not glibc's allocator: the host's per-file buffers cost less CPU with it. (The agent
+/// keeps glibc's, tuned for a small idle footprint: mimalloc held 52–58 MB after a 20,000-file
+/// sync there, glibc 18 MB.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use hotsync_core::diff::{self, Op};
 use hotsync_core::index::Node;
@@ -16,15 +17,49 @@ use hotsync_core::proto::{Failure, FileRecord, Piece};
 use hotsync_core::{Hash, RelPath, TreeIndex};
 use hotsync_scan::{HashCache, StatKey};
 
+use crate::fresh_tree::{FreshTree, Graft};
 use crate::sandbox::{Deleted, Sandbox, TempName, file_mode};
 
 /// A file's new content, verified and waiting in the staging area.
 #[derive(Debug)]
 pub struct Staged {
-    pub temp: TempName,
+    pub at: StagedAt,
     pub hash: Hash,
     pub size: u64,
     pub key: StatKey,
+}
+
+/// Where a staged file waits for its commit.
+#[derive(Debug)]
+pub enum StagedAt {
+    /// Under a generated name in the staging area.
+    Temp(TempName),
+    /// At its own path in the changeset's tree of new directories.
+    Fresh(Arc<FreshTree>),
+}
+
+impl StagedAt {
+    /// Removes the staged file of `path`.
+    pub fn discard(&self, sandbox: &Sandbox, path: &RelPath) {
+        match self {
+            StagedAt::Temp(temp) => sandbox.discard_temp(temp),
+            StagedAt::Fresh(tree) => tree.discard_file(path),
+        }
+    }
+
+    fn set_mode(&self, sandbox: &Sandbox, path: &RelPath, mode: u32) -> io::Result<()> {
+        match self {
+            StagedAt::Temp(temp) => sandbox.set_temp_mode(temp, mode),
+            StagedAt::Fresh(tree) => tree.set_mode(path, mode),
+        }
+    }
+
+    fn commit(&self, sandbox: &Sandbox, path: &RelPath) -> io::Result<()> {
+        match self {
+            StagedAt::Temp(temp) => sandbox.commit_temp(temp, path),
+            StagedAt::Fresh(tree) => tree.commit_file(sandbox, path),
+        }
+    }
 }
 
 /// Writes a staging file from a record's pieces; `next_data` supplies the bytes of each
@@ -32,7 +67,7 @@ pub struct Staged {
 pub struct StagingFile<'a> {
     sandbox: &'a Sandbox,
     record: FileRecord,
-    temp: TempName,
+    at: StagedAt,
     file: File,
     hasher: blake3::Hasher,
     written: u64,
@@ -46,13 +81,22 @@ pub struct StagingFile<'a> {
 const STAGING_BUFFER: usize = 1 << 20;
 
 impl<'a> StagingFile<'a> {
-    /// Starts staging `record`.
-    pub fn create(sandbox: &'a Sandbox, record: FileRecord) -> io::Result<Self> {
-        let (temp, file) = sandbox.create_temp()?;
+    /// Starts staging `record`: at its own path in `fresh` when given (its directory is new),
+    /// else under a generated name.
+    pub fn create(sandbox: &'a Sandbox, record: FileRecord, fresh: Option<&Arc<FreshTree>>) -> io::Result<Self> {
+        let in_tree = fresh.and_then(|tree| {
+            // Taken already (the same path twice in a changeset): the generated name will do.
+            let file = tree.create_file(&record.path).ok()?;
+            Some((StagedAt::Fresh(tree.clone()), file))
+        });
+        let (at, file) = match in_tree {
+            Some(staged) => staged,
+            None => sandbox.create_temp().map(|(temp, file)| (StagedAt::Temp(temp), file))?,
+        };
         // The record's size is checked against MAX_FILE_SIZE, but a peer may still lie about
         // it: the buffer never grows past STAGING_BUFFER whatever it says.
         let pending = Vec::with_capacity((record.size as usize).min(STAGING_BUFFER));
-        Ok(Self { sandbox, record, temp, file, hasher: blake3::Hasher::new(), written: 0, pending })
+        Ok(Self { sandbox, record, at, file, hasher: blake3::Hasher::new(), written: 0, pending })
     }
 
     /// The record being staged.
@@ -115,12 +159,12 @@ impl<'a> StagingFile<'a> {
         let path = self.record.path.clone();
         let fail = |reason: String| Failure { path: path.clone(), reason };
         if let Err(e) = self.flush() {
-            self.sandbox.discard_temp(&self.temp);
+            self.at.discard(self.sandbox, &path);
             return Err(fail(format!("cannot write: {e}")));
         }
         let hash: Hash = self.hasher.finalize().into();
         if self.written != self.record.size || hash != self.record.hash {
-            self.sandbox.discard_temp(&self.temp);
+            self.at.discard(self.sandbox, &path);
             return Err(fail(format!(
                 "content does not match its hash (got {} bytes, expected {}); the file changed while it was sent",
                 self.written, self.record.size
@@ -132,12 +176,12 @@ impl<'a> StagingFile<'a> {
                 .map_err(|e| fail(e.to_string()))?;
         }
         let meta = self.file.metadata().map_err(|e| fail(e.to_string()))?;
-        Ok((path, Staged { temp: self.temp, hash, size: self.written, key: StatKey::of(&meta) }))
+        Ok((path, Staged { at: self.at, hash, size: self.written, key: StatKey::of(&meta) }))
     }
 
     /// Gives up on this file, removing its staging file.
     pub fn abandon(self) {
-        self.sandbox.discard_temp(&self.temp);
+        self.at.discard(self.sandbox, &self.record.path);
     }
 }
 
@@ -171,6 +215,7 @@ pub fn apply_changeset(
     sandbox: &Sandbox,
     ops: &[Op],
     staged: &mut HashMap<RelPath, Staged>,
+    fresh: Option<&FreshTree>,
     index: &mut TreeIndex,
     cache: &mut HashCache,
 ) -> Outcome {
@@ -184,7 +229,7 @@ pub fn apply_changeset(
                 set_aside.extend(sandbox.set_aside(path));
             }
         }
-        let result = apply_op(sandbox, op, staged, cache);
+        let result = apply_op(sandbox, op, staged, fresh, cache);
         match result {
             Ok(did_change) => {
                 changed |= did_change;
@@ -195,8 +240,8 @@ pub fn apply_changeset(
     }
     sandbox.end_commit();
     // Content staged for paths the changeset did not name (a confused peer) is dropped.
-    for (_, s) in staged.drain() {
-        sandbox.discard_temp(&s.temp);
+    for (path, s) in staged.drain() {
+        s.at.discard(sandbox, &path);
     }
     Outcome { failed, changed, set_aside }
 }
@@ -205,12 +250,16 @@ fn apply_op(
     sandbox: &Sandbox,
     op: &Op,
     staged: &mut HashMap<RelPath, Staged>,
+    fresh: Option<&FreshTree>,
     cache: &mut HashCache,
 ) -> Result<bool, String> {
     let text = |e: io::Error| e.to_string();
     match op {
         Op::Delete { path } => Ok(sandbox.delete(path).map_err(text)? == Deleted::Removed),
-        Op::Mkdir { path } => sandbox.mkdir(path).map(|()| true).map_err(text),
+        Op::Mkdir { path } => match fresh.map(|tree| tree.graft(sandbox, path)) {
+            Some(Graft::Moved | Graft::AlreadyIn) => Ok(true),
+            Some(Graft::NotHere) | None => sandbox.mkdir(path).map(|()| true).map_err(text),
+        },
         Op::Symlink { path, target } => sandbox.symlink(path, target).map(|()| true).map_err(text),
         Op::SetExecutable { path, executable } => {
             sandbox.set_mode(path, file_mode(*executable)).map(|()| true).map_err(text)
@@ -218,14 +267,14 @@ fn apply_op(
         Op::Write { path, meta } => {
             let s = staged.remove(path).ok_or_else(|| "its content never arrived".to_owned())?;
             if s.hash != meta.hash || s.size != meta.size {
-                sandbox.discard_temp(&s.temp);
+                s.at.discard(sandbox, path);
                 return Err("the content received is not the content committed".into());
             }
             // Staging files are 0644 already; only the executable bit needs another call.
-            let mode = if meta.executable { sandbox.set_temp_mode(&s.temp, file_mode(true)) } else { Ok(()) };
-            let result = mode.and_then(|()| sandbox.commit_temp(&s.temp, path));
+            let mode = if meta.executable { s.at.set_mode(sandbox, path, file_mode(true)) } else { Ok(()) };
+            let result = mode.and_then(|()| s.at.commit(sandbox, path));
             if let Err(e) = result {
-                sandbox.discard_temp(&s.temp);
+                s.at.discard(sandbox, path);
                 return Err(e.to_string());
             }
             cache.set_hash(path.as_str(), s.key, s.hash);

@@ -2,11 +2,13 @@
 //! applies them atomically inside its root, then runs the reload action.
 //!
 //! Where a byte goes: [`server`] takes it off a data stream, [`apply`] stages it in a
-//! temp file and verifies its hash, and on commit [`sandbox`] renames it into place without
-//! ever leaving the root; [`reload`] then signals the app.
+//! temp file (or, for a directory the agent does not have yet, at its own path in a
+//! [`fresh_tree`]) and verifies its hash, and on commit [`sandbox`] renames it into place
+//! without ever leaving the root; [`reload`] then signals the app.
 
 pub mod apply;
 pub mod cli;
+pub mod fresh_tree;
 pub mod pod_setup;
 pub mod reload;
 pub mod sandbox;

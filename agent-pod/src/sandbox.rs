@@ -37,6 +37,8 @@ pub struct TempName {
 pub struct Sandbox {
     root: Arc<OwnedFd>,
     state: OwnedFd,
+    /// The staging area itself: its numbered directories, and trees of new directories.
+    tmp_area: OwnedFd,
     /// The staging directories, opened once.
     tmp: Vec<OwnedFd>,
     next_temp: AtomicU64,
@@ -58,7 +60,7 @@ pub enum Deleted {
     KeptNonEmpty,
 }
 
-fn dir_flags() -> OFlags {
+pub(crate) fn dir_flags() -> OFlags {
     OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY
 }
 
@@ -77,6 +79,7 @@ impl Sandbox {
         let sandbox = Self {
             root: Arc::new(root_fd),
             state,
+            tmp_area: tmp_dir,
             tmp,
             next_temp: AtomicU64::new(0),
             open_dirs: Mutex::new(None),
@@ -96,12 +99,12 @@ impl Sandbox {
 
     /// Opens the directory that holds `path`, never through a symlink. Inside a commit
     /// ([`Sandbox::begin_commit`]) directories already opened are reused.
-    fn parent(&self, path: &RelPath) -> io::Result<Arc<OwnedFd>> {
+    pub fn parent_dir(&self, path: &RelPath) -> io::Result<Arc<OwnedFd>> {
         let Some(dir) = path.parent() else { return Ok(self.root.clone()) };
         if let Some(fd) = self.open_dirs.lock().expect("dir cache lock").as_ref().and_then(|c| c.get(dir.as_str())) {
             return Ok(fd.clone());
         }
-        let parent = self.parent(&dir)?;
+        let parent = self.parent_dir(&dir)?;
         let name = dir.file_name();
         let fd = Arc::new(rustix::fs::openat(&*parent, name, dir_flags(), Mode::empty()).map_err(|e| {
             if e == Errno::LOOP || e == Errno::NOTDIR {
@@ -162,6 +165,19 @@ impl Sandbox {
         self.temp_mode_exact
     }
 
+    /// A new, empty directory in the staging area, named after `kind`.
+    pub fn create_staging_dir(&self, kind: &str) -> io::Result<(String, OwnedFd)> {
+        let name = format!("{kind}.{}.{}", self.pid, self.next_temp.fetch_add(1, Ordering::Relaxed));
+        rustix::fs::mkdirat(&self.tmp_area, name.as_str(), Mode::from_raw_mode(0o755))?;
+        let fd = rustix::fs::openat(&self.tmp_area, name.as_str(), dir_flags(), Mode::empty())?;
+        Ok((name, fd))
+    }
+
+    /// Removes a directory made by [`Sandbox::create_staging_dir`], with all it holds.
+    pub fn remove_staging_dir(&self, name: &str) {
+        let _ = remove_all(&self.tmp_area, name);
+    }
+
     /// Removes a staging file that will not be committed.
     pub fn discard_temp(&self, temp: &TempName) {
         let _ = rustix::fs::unlinkat(self.tmp_dir(temp), temp.name.as_str(), AtFlags::empty());
@@ -182,7 +198,7 @@ impl Sandbox {
     /// Moves a staging file to `path` in one atomic rename: readers see the old file or the
     /// new one, never a part.
     pub fn commit_temp(&self, temp: &TempName, path: &RelPath) -> io::Result<()> {
-        let parent = self.parent(path)?;
+        let parent = self.parent_dir(path)?;
         rustix::fs::renameat(self.tmp_dir(temp), temp.name.as_str(), &*parent, path.file_name())?;
         Ok(())
     }
@@ -191,7 +207,7 @@ impl Sandbox {
     /// only removes a name; [`Sandbox::discard_temp`] frees it later. `None` if it cannot be
     /// linked (gone, or hard links not allowed): it is then freed as it goes.
     pub fn set_aside(&self, path: &RelPath) -> Option<TempName> {
-        let parent = self.parent(path).ok()?;
+        let parent = self.parent_dir(path).ok()?;
         let temp = self.next_temp_name("old");
         rustix::fs::linkat(&*parent, path.file_name(), self.tmp_dir(&temp), temp.name.as_str(), AtFlags::empty())
             .ok()?;
@@ -200,7 +216,7 @@ impl Sandbox {
 
     /// Opens the file at `path` for reading, refusing a symlink.
     pub fn open_read(&self, path: &RelPath) -> io::Result<File> {
-        let parent = self.parent(path)?;
+        let parent = self.parent_dir(path)?;
         let fd = rustix::fs::openat(
             &*parent,
             path.file_name(),
@@ -212,7 +228,7 @@ impl Sandbox {
 
     /// Creates a directory; an existing directory is fine, anything else in the way is replaced.
     pub fn mkdir(&self, path: &RelPath) -> io::Result<()> {
-        let parent = self.parent(path)?;
+        let parent = self.parent_dir(path)?;
         match rustix::fs::mkdirat(&*parent, path.file_name(), Mode::from_raw_mode(0o755)) {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) => {
@@ -229,7 +245,7 @@ impl Sandbox {
 
     /// Creates or replaces a symbolic link, atomically (a staged link renamed into place).
     pub fn symlink(&self, path: &RelPath, target: &str) -> io::Result<()> {
-        let parent = self.parent(path)?;
+        let parent = self.parent_dir(path)?;
         let temp = self.next_temp_name("link");
         rustix::fs::symlinkat(target, self.tmp_dir(&temp), temp.name.as_str())?;
         rustix::fs::renameat(self.tmp_dir(&temp), temp.name.as_str(), &*parent, path.file_name()).inspect_err(
@@ -242,7 +258,7 @@ impl Sandbox {
 
     /// Removes a file, a symlink, or an empty directory.
     pub fn delete(&self, path: &RelPath) -> io::Result<Deleted> {
-        let parent = match self.parent(path) {
+        let parent = match self.parent_dir(path) {
             Ok(p) => p,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Deleted::Absent),
             Err(e) => return Err(e),
@@ -272,16 +288,41 @@ impl Sandbox {
     }
 }
 
-/// Removes the files in `dir` (what an interrupted run left in a staging directory).
+/// Removes what an interrupted run left in a staging directory: its files, and the trees of
+/// new directories (numbered staging directories are kept).
 fn clear_dir(dir: &OwnedFd) -> io::Result<()> {
     for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." && entry.file_type() != rustix::fs::FileType::Directory {
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if entry.file_type() != rustix::fs::FileType::Directory {
             let _ = rustix::fs::unlinkat(dir, entry.file_name(), AtFlags::empty());
+        } else if name.starts_with(b"tree.") {
+            let _ = remove_all(dir, entry.file_name());
         }
     }
     Ok(())
+}
+
+/// Removes `name` in `parent` and, for a directory, everything below it (never following a
+/// symlink).
+fn remove_all<P: rustix::path::Arg + Copy>(parent: &OwnedFd, name: P) -> io::Result<()> {
+    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR | Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = rustix::fs::openat(parent, name, dir_flags(), Mode::empty())?;
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let child = entry.file_name();
+        if child.to_bytes() != b"." && child.to_bytes() != b".." {
+            remove_all(&dir, child)?;
+        }
+    }
+    Ok(rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
 fn ensure_dir(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply::{Staged, StagingFile, apply_changeset, copy_source};
+use crate::fresh_tree::FreshTree;
 use crate::reload::ReloadAction;
 use crate::sandbox::Sandbox;
 
@@ -171,16 +172,39 @@ struct Pending {
     streams_done: u32,
     files: HashMap<RelPath, Staged>,
     failures: Vec<Failure>,
+    /// Where files of directories the agent does not have yet are staged.
+    fresh: Option<Arc<FreshTree>>,
+}
+
+impl Pending {
+    fn discard(self, sandbox: &Sandbox) {
+        for (path, s) in self.files {
+            s.at.discard(sandbox, &path);
+        }
+        if let Some(tree) = self.fresh {
+            tree.remove(sandbox);
+        }
+    }
 }
 
 impl Staging {
     fn discard_all(&self, sandbox: &Sandbox) {
         let mut pending = self.pending.lock().expect("staging lock");
         for (_, p) in pending.drain() {
-            for (_, s) in p.files {
-                sandbox.discard_temp(&s.temp);
-            }
+            p.discard(sandbox);
         }
+    }
+
+    /// The tree of new directories of `changeset`, made by the first stream that needs it.
+    fn fresh_tree(&self, changeset: u64, sandbox: &Sandbox) -> std::io::Result<Arc<FreshTree>> {
+        let mut pending = self.pending.lock().expect("staging lock");
+        let p = pending.entry(changeset).or_default();
+        if let Some(tree) = &p.fresh {
+            return Ok(tree.clone());
+        }
+        let tree = Arc::new(FreshTree::create(sandbox)?);
+        p.fresh = Some(tree.clone());
+        Ok(tree)
     }
 }
 
@@ -295,18 +319,26 @@ async fn commit(
     let _one_at_a_time = shared.commit_lock.lock().await;
     let started = Instant::now();
     let worker = shared.clone();
-    let (outcome, root, mut failed, set_aside) = tokio::task::spawn_blocking(move || {
+    let (outcome, root, mut failed, set_aside, fresh) = tokio::task::spawn_blocking(move || {
         let mut files = pending.files;
         let mut st = worker.state.lock().expect("state lock");
         let State { scanner, index } = &mut *st;
-        let outcome = apply_changeset(&worker.sandbox, &ops, &mut files, index, &mut scanner.cache);
-        (outcome.changed, index.root_hash(), [pending.failures, outcome.failed].concat(), outcome.set_aside)
+        let fresh = pending.fresh;
+        let outcome = apply_changeset(&worker.sandbox, &ops, &mut files, fresh.as_deref(), index, &mut scanner.cache);
+        (outcome.changed, index.root_hash(), [pending.failures, outcome.failed].concat(), outcome.set_aside, fresh)
     })
     .await?;
-    if !set_aside.is_empty() {
+    if !set_aside.is_empty() || fresh.is_some() {
         // Freed while the answer travels.
         let worker = shared.clone();
-        tokio::task::spawn_blocking(move || set_aside.iter().for_each(|t| worker.sandbox.discard_temp(t)));
+        tokio::task::spawn_blocking(move || {
+            for temp in &set_aside {
+                worker.sandbox.discard_temp(temp);
+            }
+            if let Some(tree) = fresh {
+                tree.remove(&worker.sandbox);
+            }
+        });
     }
     shared.cache_dirty.store(true, Ordering::Relaxed);
     shared.cache_changed.notify_one();
@@ -322,6 +354,8 @@ async fn commit(
         None
     };
     failed.sort_by(|a, b| a.path.cmp(&b.path));
+    // A file that failed in staging also fails its write: reported once, with the first reason.
+    failed.dedup_by(|later, first| later.path == first.path);
     let apply_micros = started.elapsed().as_micros() as u64;
     info!(failed = failed.len(), reload = reload_report.as_deref().unwrap_or("-"), apply_micros, "applied");
     Ok(AgentMsg::Applied { id, root, failed, reload: reload_report, apply_micros })
@@ -344,9 +378,26 @@ async fn receive_stream(mut recv: quinn::RecvStream, shared: &Shared, staging: &
     let header: DataHeader = read_frame(&mut recv).await?.context("data stream without a header")?;
     let mut files = Vec::new();
     let mut failures = Vec::new();
+    let mut fresh: Option<Arc<FreshTree>> = None;
     while let Some(record) = read_frame::<FileRecord>(&mut recv).await? {
         record.validate().map_err(anyhow::Error::msg)?;
-        match stage_record(&mut recv, shared, record).await? {
+        // A file whose directory the agent does not have is staged in place in a tree of new
+        // directories (the commit moves each new directory in whole).
+        let new_dir =
+            record.path.parent().is_some_and(|dir| shared.state.lock().expect("state lock").index.get(&dir).is_none());
+        let tree = if new_dir {
+            if fresh.is_none() {
+                fresh = Some(
+                    staging
+                        .fresh_tree(header.changeset, &shared.sandbox)
+                        .context("cannot create a staging directory")?,
+                );
+            }
+            fresh.as_ref()
+        } else {
+            None
+        };
+        match stage_record(&mut recv, shared, record, tree).await? {
             Ok(staged) => files.push(staged),
             Err(failure) => failures.push(failure),
         }
@@ -355,9 +406,10 @@ async fn receive_stream(mut recv: quinn::RecvStream, shared: &Shared, staging: &
     let p = pending.entry(header.changeset).or_default();
     p.streams_done += 1;
     for (path, staged) in files {
-        if let Some(old) = p.files.insert(path, staged) {
-            shared.sandbox.discard_temp(&old.temp);
+        if let Some(old) = p.files.remove(&path) {
+            old.at.discard(&shared.sandbox, &path);
         }
+        p.files.insert(path, staged);
     }
     p.failures.extend(failures);
     drop(pending);
@@ -371,10 +423,11 @@ async fn stage_record(
     recv: &mut quinn::RecvStream,
     shared: &Shared,
     record: FileRecord,
+    fresh: Option<&Arc<FreshTree>>,
 ) -> anyhow::Result<Result<(RelPath, Staged), Failure>> {
     let path = record.path.clone();
     let pieces = record.pieces.clone();
-    let mut file = match StagingFile::create(&shared.sandbox, record) {
+    let mut file = match StagingFile::create(&shared.sandbox, record, fresh) {
         Ok(f) => Some(f),
         Err(e) => return Err(e).context("cannot create a staging file"),
     };

@@ -217,3 +217,62 @@ fn a_client_without_a_certificate_is_served_nothing() {
     });
     assert!(listing(&env.dst).is_empty());
 }
+
+#[test]
+fn a_new_directory_lands_without_content_that_lies_or_was_never_named() {
+    let env = Env::new();
+    let agent = env.agent(&[]);
+    runtime().block_on(async {
+        let conn = connect(agent.addr, &env.creds).await;
+        let (mut send, mut recv) = hello(&conn).await;
+        let good = b"export default 1;\n".to_vec();
+        let meta_of = |c: &[u8]| FileMeta { size: c.len() as u64, executable: false, hash: Hash::of(c) };
+        let promised = meta_of(b"what the record promises");
+        let mut data = conn.open_uni().await.unwrap();
+        data.write_all(&frame(&hotsync_core::proto::DataHeader { changeset: 1 })).await.unwrap();
+        // The honest file, one whose bytes do not match its hash, and one the commit never names.
+        let records: [(&str, FileMeta, &[u8]); 3] = [
+            ("pkg/lib/good.js", meta_of(&good), &good),
+            ("pkg/liar.js", promised, b"what the record promised"),
+            ("pkg/lib/extra.js", meta_of(b"unnamed"), b"unnamed"),
+        ];
+        for (path, meta, bytes) in records {
+            let pieces = vec![EvilPiece::Data { len: bytes.len() as u64 }];
+            data.write_all(&frame(&EvilRecord { path: path.into(), size: meta.size, hash: meta.hash, pieces }))
+                .await
+                .unwrap();
+            data.write_all(bytes).await.unwrap();
+        }
+        data.finish().unwrap();
+        let ops = vec![
+            EvilOp::Mkdir { path: "pkg".into() },
+            EvilOp::Mkdir { path: "pkg/lib".into() },
+            EvilOp::Write { path: "pkg/lib/good.js".into(), meta: meta_of(&good) },
+            EvilOp::Write { path: "pkg/liar.js".into(), meta: promised },
+        ];
+        send.write_all(&frame(&EvilHostMsg::Commit { id: 1, data_streams: 1, ops, reload: false })).await.unwrap();
+        let reply: Option<AgentMsg> = hotsync_transport::read_frame(&mut recv).await.unwrap();
+        let Some(AgentMsg::Applied { failed, .. }) = reply else { panic!("expected Applied, got {reply:?}") };
+        let failed: Vec<String> = failed.iter().map(|f| f.path.to_string()).collect();
+        assert_eq!(failed, ["pkg/liar.js"], "only the lying file fails");
+        conn.close(0u32.into(), b"");
+    });
+
+    assert_eq!(fs::read(env.dst.join("pkg/lib/good.js")).unwrap(), b"export default 1;\n");
+    assert!(!env.dst.join("pkg/liar.js").exists(), "content that does not match its hash never lands");
+    assert!(!env.dst.join("pkg/lib/extra.js").exists(), "content the commit did not name never lands");
+    let staging_area = env.dst.join(".hotsync/tmp");
+    hotsync_e2e::wait_until("the staging area is back to its numbered directories", || {
+        let extra = fs::read_dir(&staging_area)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_str().unwrap().parse::<u32>().is_err());
+        !extra && hotsync_e2e::staging_files(&env.dst).is_empty()
+    });
+
+    // The agent's view matches its disk: an honest host brings it to the source's tree.
+    write(&env.src.join("pkg/other.js"), "2");
+    let out = env.sync_once(agent.addr, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_same_tree(&env.src, &env.dst);
+}
