@@ -18,7 +18,7 @@ use hotsync_core::RelPath;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::sandbox::{Sandbox, dir_flags, file_mode};
+use crate::sandbox::{Sandbox, chmod_at, dir_flags, file_mode};
 
 /// One changeset's tree of new directories, inside the staging area.
 #[derive(Debug)]
@@ -134,15 +134,7 @@ impl FreshTree {
     /// Sets the mode of the staged file of `path`, wherever it is now (a directory descriptor
     /// follows its directory into the root).
     pub fn set_mode(&self, path: &RelPath, mode: u32) -> io::Result<()> {
-        let dir = self.staged_dir(path)?;
-        let fd = rustix::fs::openat(
-            &*dir,
-            path.file_name(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-        Ok(())
+        chmod_at(&*self.staged_dir(path)?, path.file_name(), mode)
     }
 
     /// Removes the staged file of `path`, wherever it is now.

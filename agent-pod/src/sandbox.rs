@@ -185,14 +185,7 @@ impl Sandbox {
 
     /// Sets the mode of a staging file before it is committed.
     pub fn set_temp_mode(&self, temp: &TempName, mode: u32) -> io::Result<()> {
-        let fd = rustix::fs::openat(
-            self.tmp_dir(temp),
-            temp.name.as_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-        Ok(())
+        chmod_at(self.tmp_dir(temp), temp.name.as_str(), mode)
     }
 
     /// Moves a staging file to `path` in one atomic rename: readers see the old file or the
@@ -216,14 +209,7 @@ impl Sandbox {
 
     /// Opens the file at `path` for reading, refusing a symlink.
     pub fn open_read(&self, path: &RelPath) -> io::Result<File> {
-        let parent = self.parent_dir(path)?;
-        let fd = rustix::fs::openat(
-            &*parent,
-            path.file_name(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(File::from(fd))
+        Ok(File::from(open_read_at(&*self.parent_dir(path)?, path.file_name())?))
     }
 
     /// Creates a directory; an existing directory is fine, anything else in the way is replaced.
@@ -282,10 +268,19 @@ impl Sandbox {
 
     /// Sets the mode of the regular file at `path` (never through a symlink).
     pub fn set_mode(&self, path: &RelPath, mode: u32) -> io::Result<()> {
-        let file = self.open_read(path)?;
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))?;
-        Ok(())
+        chmod_at(&*self.parent_dir(path)?, path.file_name(), mode)
     }
+}
+
+/// Opens the file `name` in `dir` for reading, refusing a symlink.
+fn open_read_at(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// Sets the mode of the file `name` in `dir`, never through a symlink.
+pub(crate) fn chmod_at(dir: &OwnedFd, name: &str, mode: u32) -> io::Result<()> {
+    rustix::fs::fchmod(open_read_at(dir, name)?, Mode::from_raw_mode(mode))?;
+    Ok(())
 }
 
 /// Removes what an interrupted run left in a staging directory: its files, and the trees of
