@@ -37,6 +37,9 @@ pub struct ChunkMemory {
     lists: Mutex<HashMap<Hash, Arc<Vec<Chunk>>>>,
 }
 
+/// Bumped when the lists saved by an older version no longer apply (format 2: 8 KiB chunks).
+const CHUNK_FILE_FORMAT: u32 = 2;
+
 #[derive(Serialize, Deserialize)]
 struct ChunkFile {
     format: u32,
@@ -49,7 +52,7 @@ impl ChunkMemory {
         let lists = std::fs::read(path)
             .ok()
             .and_then(|b| postcard::from_bytes::<ChunkFile>(&b).ok())
-            .filter(|f| f.format == 1)
+            .filter(|f| f.format == CHUNK_FILE_FORMAT)
             .map(|f| f.lists.into_iter().map(|(h, l)| (h, Arc::new(l))).collect())
             .unwrap_or_default();
         Self { lists: Mutex::new(lists) }
@@ -61,7 +64,8 @@ impl ChunkMemory {
             let map = self.lists.lock().expect("chunk memory lock");
             map.iter().filter(|(h, _)| keep(h)).map(|(h, l)| (*h, l.as_ref().clone())).collect()
         };
-        let bytes = postcard::to_allocvec(&ChunkFile { format: 1, lists }).map_err(std::io::Error::other)?;
+        let bytes =
+            postcard::to_allocvec(&ChunkFile { format: CHUNK_FILE_FORMAT, lists }).map_err(std::io::Error::other)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -74,7 +78,8 @@ impl ChunkMemory {
         self.lists.lock().expect("chunk memory lock").get(content).cloned()
     }
 
-    fn put(&self, content: Hash, list: Vec<Chunk>) {
+    /// Remembers the chunk list of `content`.
+    pub fn put(&self, content: Hash, list: Vec<Chunk>) {
         self.lists.lock().expect("chunk memory lock").insert(content, Arc::new(list));
     }
 }
@@ -83,8 +88,10 @@ impl ChunkMemory {
 pub struct Planned {
     pub record: FileRecord,
     pub ranges: Vec<(u64, u64)>,
-    /// Remember this content's chunk list once sent (a large file sent whole).
+    /// Make this content's chunk list from the bytes sent (a large file sent whole).
     pub remember_chunks: bool,
+    /// This content's chunk list, made while planning (a delta).
+    pub chunks: Option<Vec<Chunk>>,
 }
 
 impl Planned {
@@ -111,12 +118,12 @@ pub fn plan(root: &Path, ops: &[Op], model: &TreeIndex, memory: &ChunkMemory) ->
         let Op::Write { path, meta } = op else { continue };
         let record = |pieces| FileRecord { path: path.clone(), size: meta.size, hash: meta.hash, pieces };
         if meta.size == 0 {
-            out.push(Planned { record: record(Vec::new()), ranges: Vec::new(), remember_chunks: false });
+            out.push(Planned { record: record(Vec::new()), ranges: Vec::new(), remember_chunks: false, chunks: None });
             continue;
         }
         if let Some(from) = leaving.get(&meta.hash) {
             let pieces = vec![Piece::Copy { from: Some(from.clone()), offset: 0, len: meta.size }];
-            out.push(Planned { record: record(pieces), ranges: Vec::new(), remember_chunks: false });
+            out.push(Planned { record: record(pieces), ranges: Vec::new(), remember_chunks: false, chunks: None });
             continue;
         }
         if meta.size >= DELTA_MIN_SIZE {
@@ -130,23 +137,24 @@ pub fn plan(root: &Path, ops: &[Op], model: &TreeIndex, memory: &ChunkMemory) ->
             record: record(pieces),
             ranges: vec![(0, meta.size)],
             remember_chunks: meta.size >= DELTA_MIN_SIZE,
+            chunks: None,
         });
     }
     out
 }
 
 /// A delta against the agent's current version of `path`, when its chunk list is known.
+///
+/// The file is chunked as it is now, without hashing it whole again (the scan just did): if
+/// it changed since, the agent's hash check fails the file and the next changeset catches up;
+/// the new list is only remembered once the agent has applied the file.
 fn plan_delta(root: &Path, path: &RelPath, new_hash: Hash, model: &TreeIndex, memory: &ChunkMemory) -> Option<Planned> {
     let Some(Node::File(old)) = model.get(path) else { return None };
     let old_chunks = memory.get(&old.hash)?;
     let file = File::open(root.join(path.as_str())).ok()?;
-    let (new_chunks, hash) = chunk::chunk_reader(std::io::BufReader::with_capacity(IO_CHUNK, file)).ok()?;
-    if hash != new_hash {
-        return None; // changed again since it was hashed; the next changeset will catch up
-    }
+    let new_chunks = chunk::chunk_reader(std::io::BufReader::with_capacity(IO_CHUNK, file)).ok()?;
     let size: u64 = new_chunks.iter().map(|c| u64::from(c.len)).sum();
     let spans = chunk::delta(&old_chunks, &new_chunks);
-    memory.put(new_hash, new_chunks);
     let mut pieces = Vec::with_capacity(spans.len());
     let mut ranges = Vec::new();
     for span in spans {
@@ -159,7 +167,7 @@ fn plan_delta(root: &Path, path: &RelPath, new_hash: Hash, model: &TreeIndex, me
         }
     }
     let record = FileRecord { path: path.clone(), size, hash: new_hash, pieces };
-    Some(Planned { record, ranges, remember_chunks: false })
+    Some(Planned { record, ranges, remember_chunks: false, chunks: Some(new_chunks) })
 }
 
 /// Packs records into streams: large files alone, small ones batched.
@@ -193,18 +201,30 @@ pub struct Progress {
     pub bytes: AtomicU64,
 }
 
-/// Sends one data stream.
+/// The chunk list of a large file sent, made from the bytes sent (or read for its delta): it
+/// describes the content of `hash` only if the agent found the result to hash to it, so it is
+/// remembered once the agent has applied `path` without failure.
+pub struct Learned {
+    pub path: RelPath,
+    pub hash: Hash,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Sends one data stream; returns the chunk lists made on the way.
 pub async fn send_stream(
     conn: quinn::Connection,
     root: PathBuf,
     changeset: u64,
     records: Vec<Planned>,
     progress: Arc<Progress>,
-    memory: Arc<ChunkMemory>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Learned>> {
+    let mut learned = Vec::new();
     let mut stream = conn.open_uni().await.context("cannot open a data stream")?;
     write_frame(&mut stream, &DataHeader { changeset }).await?;
-    for p in records {
+    for mut p in records {
+        if let Some(chunks) = p.chunks.take() {
+            learned.push(Learned { path: p.record.path.clone(), hash: p.record.hash, chunks });
+        }
         write_frame(&mut stream, &p.record).await?;
         if p.ranges.is_empty() {
             progress.files.fetch_add(1, Ordering::Relaxed);
@@ -244,15 +264,13 @@ pub async fn send_stream(
         progress.files.fetch_add(1, Ordering::Relaxed);
         drop(chunk_feed); // the end of the content
         if let Some(chunker) = chunker {
-            if let Ok(Ok((list, hash))) = chunker.await {
-                if hash == p.record.hash {
-                    memory.put(hash, list);
-                }
+            if let Ok(Ok(chunks)) = chunker.await {
+                learned.push(Learned { path: p.record.path.clone(), hash: p.record.hash, chunks });
             }
         }
     }
     stream.finish()?;
-    Ok(())
+    Ok(learned)
 }
 
 /// Buffers queued for a chunker, at most (of `IO_CHUNK` bytes each).

@@ -396,14 +396,7 @@ async fn send_changeset(
     write_frame(&mut control.send, &commit).await?;
     let mut tasks = JoinSet::new();
     for records in streams {
-        tasks.spawn(send::send_stream(
-            conn.clone(),
-            cfg.source_root.clone(),
-            id,
-            records,
-            progress.clone(),
-            cfg.memory.clone(),
-        ));
+        tasks.spawn(send::send_stream(conn.clone(), cfg.source_root.clone(), id, records, progress.clone()));
     }
     let reporter = (files_total as usize >= PROGRESS_FILES || wire_bytes >= PROGRESS_BYTES).then(|| {
         let (ui, progress, label) = (ui.clone(), progress.clone(), cfg.label.clone());
@@ -423,21 +416,27 @@ async fn send_changeset(
         })
     });
     let sent = async {
+        let mut learned = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            done??;
+            learned.extend(done??);
         }
-        anyhow::Ok(())
+        anyhow::Ok(learned)
     }
     .await;
     if let Some(r) = reporter {
         r.abort();
     }
-    sent?;
+    let learned = sent?;
     let reply = control.recv().await?;
     let AgentMsg::Applied { id: got, root, failed, reload, .. } = reply else {
         bail!("expected the agent to confirm changeset {id}, got {reply:?}");
     };
     anyhow::ensure!(got == id, "the agent confirmed changeset {got}, expected {id}");
+    for l in learned {
+        if !failed.iter().any(|f| f.path == l.path) {
+            cfg.memory.put(l.hash, l.chunks);
+        }
+    }
     let latency = started.elapsed();
     diff::apply(model, ops);
     let diverged = model.root_hash() != root;
