@@ -163,6 +163,12 @@ impl IgnoreRules {
         false
     }
 
+    /// True when rules were read from ignore files in `dir` (they must be read again, or
+    /// dropped, when it is walked again).
+    pub fn has_rules_in(&self, dir: &RelPath) -> bool {
+        self.per_dir.contains_key(dir.as_str())
+    }
+
     /// True for the files whose change alters the rules themselves.
     pub fn is_rules_file(path: &RelPath) -> bool {
         let name = path.file_name();

@@ -4,13 +4,11 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hotsync_core::index::Node;
 use hotsync_core::{Entry, FileMeta, Hash, RelPath, TreeIndex};
-use walkdir::WalkDir;
 
 use crate::cache::{HashCache, StatKey};
 use crate::ignore_rules::IgnoreRules;
@@ -98,70 +96,76 @@ impl Scanner {
 
     /// Walks from `start` (the root when `None`), returning its entries, each after its
     /// parent directory (siblings in no particular order).
+    ///
+    /// A file is stat'ed relative to its open directory (`statx(dirfd, name)`), not by its
+    /// full path: resolving a path component by component was a third of a rescan's time.
     fn walk(&mut self, start: Option<&RelPath>, report: &mut ScanReport) -> Vec<(RelPath, Entry)> {
-        let abs_start = start.map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()));
-        let root = self.root.clone();
-        let rules = &mut self.rules;
-        let mut entries = Vec::new();
-        let mut pending = Vec::new();
-        let walker = WalkDir::new(&abs_start).follow_links(false).into_iter().filter_entry(|e| {
-            let Some(rel) = relative(&root, e.path()) else { return e.depth() == 0 && start.is_none() };
-            let Ok(rel) = rel else { return false };
-            let is_dir = e.file_type().is_dir();
-            if rules.is_ignored(&rel, is_dir) {
-                return false;
-            }
-            if is_dir {
-                rules.load_dir(Some(&rel));
-            }
-            true
-        });
-        for item in walker {
-            let entry = match item {
-                Ok(e) => e,
-                Err(err) => {
-                    let path = err.path().map_or_else(String::new, |p| display_rel(&root, p));
-                    report.skipped.push(Skipped { path, reason: io_reason(err.io_error()) });
-                    continue;
-                }
-            };
-            let rel = match relative(&root, entry.path()) {
-                None => continue,
-                Some(Ok(rel)) => rel,
-                Some(Err(reason)) => {
-                    report.skipped.push(Skipped { path: display_rel(&root, entry.path()), reason });
-                    continue;
-                }
-            };
-            let ft = entry.file_type();
-            if ft.is_dir() {
-                entries.push((rel, Entry::Dir));
-            } else if ft.is_symlink() {
-                match fs::read_link(entry.path()).map(|t| t.into_os_string().into_string()) {
-                    Ok(Ok(target)) => entries.push((rel, Entry::Symlink { target })),
-                    Ok(Err(_)) => report
-                        .skipped
-                        .push(Skipped { path: rel.to_string(), reason: "link target is not UTF-8".into() }),
+        let mut found = Found::default();
+        match start {
+            None => found.dirs.push((None, self.root.clone())),
+            Some(rel) => {
+                // The path that changed: a file, a link or a directory.
+                let abs = self.root.join(rel.as_str());
+                match fs::symlink_metadata(&abs) {
+                    Ok(meta) => self.take(rel.clone(), abs, meta.file_type(), || Ok(meta), &mut found, report),
                     Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: io_reason(Some(&e)) }),
                 }
-            } else if ft.is_file() {
-                match entry.metadata() {
-                    Ok(meta) => {
-                        let key = StatKey::of(&meta);
-                        let executable = meta.permissions().mode() & 0o111 != 0;
-                        match self.cache.hash(rel.as_str(), &key) {
-                            Some(hash) => {
-                                entries.push((rel, Entry::File(FileMeta { size: key.size, executable, hash })));
-                            }
-                            None => pending.push(PendingFile { path: rel, key, executable }),
-                        }
-                    }
-                    Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: e.to_string() }),
+            }
+        }
+        while let Some((dir, abs_dir)) = found.dirs.pop() {
+            let listing = match fs::read_dir(&abs_dir) {
+                Ok(items) => items,
+                Err(e) => {
+                    let path = dir.as_ref().map_or_else(String::new, ToString::to_string);
+                    report.skipped.push(Skipped { path, reason: io_reason(Some(&e)) });
+                    continue;
+                }
+            };
+            let listing: Vec<fs::DirEntry> = listing
+                .filter_map(|item| {
+                    item.map_err(|e| {
+                        let path = dir.as_ref().map_or_else(String::new, ToString::to_string);
+                        report.skipped.push(Skipped { path, reason: io_reason(Some(&e)) });
+                    })
+                    .ok()
+                })
+                .collect();
+            // This directory's own ignore files apply to what it holds.
+            if let Some(d) = &dir {
+                if self.rules.has_rules_in(d) || listing.iter().any(|e| is_nested_rules_file(&e.file_name())) {
+                    self.rules.load_dir(Some(d));
                 }
             }
-            // Sockets, FIFOs and devices are not synced.
+            for item in listing {
+                let name = item.file_name();
+                let rel = match name.to_str().map(|n| RelPath::child_of(dir.as_ref(), n)) {
+                    Some(Ok(rel)) => rel,
+                    Some(Err(e)) => {
+                        report
+                            .skipped
+                            .push(Skipped { path: display_rel(&self.root, &item.path()), reason: e.to_string() });
+                        continue;
+                    }
+                    None => {
+                        let reason = "name is not UTF-8".into();
+                        report.skipped.push(Skipped { path: display_rel(&self.root, &item.path()), reason });
+                        continue;
+                    }
+                };
+                let file_type = match item.file_type() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        report.skipped.push(Skipped { path: rel.to_string(), reason: io_reason(Some(&e)) });
+                        continue;
+                    }
+                };
+                if self.rules.is_ignored(&rel, file_type.is_dir()) {
+                    continue;
+                }
+                self.take(rel, item.path(), file_type, || item.metadata(), &mut found, report);
+            }
         }
-        for (file, result) in hash_all(&self.root, &pending) {
+        for (file, result) in hash_all(&self.root, &found.pending) {
             match result {
                 Ok((hash, size)) => {
                     report.files_hashed += 1;
@@ -170,13 +174,66 @@ impl Scanner {
                         self.cache.set_hash(file.path.as_str(), file.key, hash);
                     }
                     let meta = FileMeta { size, executable: file.executable, hash };
-                    entries.push((file.path.clone(), Entry::File(meta)));
+                    found.entries.push((file.path.clone(), Entry::File(meta)));
                 }
                 Err(e) => report.skipped.push(Skipped { path: file.path.to_string(), reason: io_reason(Some(&e)) }),
             }
         }
-        entries
+        found.entries
     }
+
+    /// Takes in one entry the walk met: a directory (walked next), a link, or a file (its hash
+    /// from the cache, or hashed after the walk).
+    fn take(
+        &self,
+        rel: RelPath,
+        abs: PathBuf,
+        file_type: fs::FileType,
+        metadata: impl FnOnce() -> io::Result<fs::Metadata>,
+        found: &mut Found,
+        report: &mut ScanReport,
+    ) {
+        if file_type.is_dir() {
+            found.entries.push((rel.clone(), Entry::Dir));
+            found.dirs.push((Some(rel), abs));
+        } else if file_type.is_symlink() {
+            match fs::read_link(&abs).map(|t| t.into_os_string().into_string()) {
+                Ok(Ok(target)) => found.entries.push((rel, Entry::Symlink { target })),
+                Ok(Err(_)) => {
+                    report.skipped.push(Skipped { path: rel.to_string(), reason: "link target is not UTF-8".into() });
+                }
+                Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: io_reason(Some(&e)) }),
+            }
+        } else if file_type.is_file() {
+            match metadata() {
+                Ok(meta) => {
+                    let key = StatKey::of(&meta);
+                    let executable = meta.permissions().mode() & 0o111 != 0;
+                    if let Some(hash) = self.cache.hash(rel.as_str(), &key) {
+                        found.entries.push((rel, Entry::File(FileMeta { size: key.size, executable, hash })));
+                    } else {
+                        found.pending.push(PendingFile { path: rel, key, executable });
+                    }
+                }
+                Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: e.to_string() }),
+            }
+        }
+        // Sockets, FIFOs and devices are not synced.
+    }
+}
+
+/// What a walk has found so far.
+#[derive(Default)]
+struct Found {
+    entries: Vec<(RelPath, Entry)>,
+    /// Files the cache cannot vouch for, hashed after the walk (on every core).
+    pending: Vec<PendingFile>,
+    /// Directories still to list.
+    dirs: Vec<(Option<RelPath>, PathBuf)>,
+}
+
+fn is_nested_rules_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| crate::ignore_rules::NESTED_IGNORE_FILES.contains(&n))
 }
 
 /// Hashes files on every core: reading and hashing 20,000 small files is syscall-bound.
@@ -235,25 +292,6 @@ pub fn hash_file_sized(path: &Path, size: u64, buf: &mut Vec<u8>) -> io::Result<
         }
     }
     Ok((hasher.finalize().into(), total))
-}
-
-fn relative(root: &Path, path: &Path) -> Option<Result<RelPath, String>> {
-    // The walker builds every path as `root` joined with names, so the relative part is a
-    // byte suffix: cheaper than `Path::strip_prefix`, which compares component by component.
-    let (r, p) = (root.as_os_str().as_bytes(), path.as_os_str().as_bytes());
-    let rel: &[u8] = match p.strip_prefix(r) {
-        Some(rest) if r.ends_with(b"/") => rest,
-        Some([]) => return None,
-        Some([b'/', rest @ ..]) => rest,
-        _ => path.strip_prefix(root).ok()?.as_os_str().as_bytes(),
-    };
-    if rel.is_empty() {
-        return None;
-    }
-    Some(match std::str::from_utf8(rel) {
-        Ok(s) => RelPath::new(s).map_err(|e| e.to_string()),
-        Err(_) => Err("name is not UTF-8".into()),
-    })
 }
 
 fn display_rel(root: &Path, path: &Path) -> String {
