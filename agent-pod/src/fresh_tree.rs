@@ -79,6 +79,12 @@ impl FreshTree {
         Ok(self.dirs.lock().expect("tree lock").entry(path.as_str().to_owned()).or_insert(fd).clone())
     }
 
+    /// Every directory made in the tree, by the path it will have in the root.
+    pub fn dirs(&self) -> Vec<(RelPath, Arc<OwnedFd>)> {
+        let dirs = self.dirs.lock().expect("tree lock");
+        dirs.iter().filter_map(|(path, fd)| Some((RelPath::new(path.clone()).ok()?, fd.clone()))).collect()
+    }
+
     /// The tree's directory `path`, if the tree made it.
     fn made_dir(&self, path: Option<&RelPath>) -> Option<Arc<OwnedFd>> {
         match path {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod fresh_tree;
 pub mod pod_setup;
 pub mod reload;
+pub mod root_watch;
 pub mod sandbox;
 pub mod server;
 pub mod webhook;

@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::apply::{Staged, StagingFile, apply_changeset, copy_source};
 use crate::fresh_tree::FreshTree;
 use crate::reload::ReloadAction;
+use crate::root_watch::RootWatch;
 use crate::sandbox::Sandbox;
 
 /// QUIC application close codes the agent uses.
@@ -61,6 +62,9 @@ struct Shared {
 struct State {
     scanner: Scanner,
     index: TreeIndex,
+    /// What changed in the root since `index` was brought up to date; `None` when inotify is
+    /// not available (each Hello then walks the root). Locked after `state`, never before.
+    watch: Option<Arc<Mutex<RootWatch>>>,
 }
 
 impl Agent {
@@ -82,9 +86,17 @@ impl Agent {
             format!("cannot write into --root {}: the agent needs a writable directory (check its owner and mode, or the volume's readOnly)", root.display())
         })?;
         let cache_path = cache_path(root);
-        let mut scanner = Scanner::new(root.clone(), IgnoreRules::none(root), HashCache::load(&cache_path));
-        let (index, report) = scanner.scan_all().with_context(|| format!("cannot index {}", root.display()))?;
-        info!(root = %root.display(), entries = index.len(), hashed = report.files_hashed, "indexed root");
+        let scanner = Scanner::new(root.clone(), IgnoreRules::none(root), HashCache::load(&cache_path));
+        let watch = match RootWatch::new(root) {
+            Ok(w) => Some(Arc::new(Mutex::new(w))),
+            Err(e) => {
+                warn!("cannot watch the root ({e}): each host's Hello will rescan it whole");
+                None
+            }
+        };
+        let mut state = State { scanner, index: TreeIndex::new(), watch };
+        state.refresh().with_context(|| format!("cannot index {}", root.display()))?;
+        info!(root = %root.display(), entries = state.index.len(), "indexed root");
         let mut endpoints = vec![
             server_endpoint(config.listen, &config.identity)
                 .with_context(|| format!("cannot listen on UDP {}", config.listen))?,
@@ -98,7 +110,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             root: root.clone(),
             sandbox,
-            state: Mutex::new(State { scanner, index }),
+            state: Mutex::new(state),
             commit_lock: tokio::sync::Mutex::new(()),
             reload: config.reload,
             cache_path,
@@ -128,6 +140,11 @@ impl Agent {
         // The start-up scan may have hashed files: save that too.
         self.shared.cache_changed.notify_one();
         let saver = tokio::spawn(save_cache_periodically(self.shared.clone()));
+        if let Some(watch) = &self.shared.state.lock().expect("state lock").watch {
+            if let Err(e) = take_events_as_they_come(watch) {
+                warn!("cannot follow directory events ({e}): they are read at each Hello instead");
+            }
+        }
         let loops: Vec<_> =
             self.endpoints.iter().map(|e| tokio::spawn(accept_loop(e.clone(), self.shared.clone()))).collect();
         for l in loops {
@@ -282,14 +299,57 @@ async fn control_loop(
     Ok(())
 }
 
+/// Brings the index up to date with the root before it is compared with the host's tree.
 async fn rescan(shared: Arc<Shared>) -> anyhow::Result<(hotsync_core::Hash, usize)> {
     tokio::task::spawn_blocking(move || {
         let mut st = shared.state.lock().expect("state lock");
-        let (index, _) = st.scanner.scan_all().context("cannot index the root")?;
-        st.index = index;
+        st.refresh().context("cannot index the root")?;
         Ok((st.index.root_hash(), st.index.len()))
     })
     .await?
+}
+
+impl State {
+    /// Brings the index up to date: what events say changed, or the whole root.
+    fn refresh(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let State { scanner, index, watch } = self;
+        let Some(watch) = watch else {
+            *index = scanner.scan_all()?.0;
+            return Ok(());
+        };
+        let done = watch.lock().expect("watch lock").refresh(scanner, index)?;
+        debug!(
+            walked = done.walked,
+            looked_at = done.looked_at,
+            micros = started.elapsed().as_micros(),
+            "index refreshed"
+        );
+        Ok(())
+    }
+}
+
+/// Reads directory events as they come, on a thread of its own, so that the kernel's queue
+/// does not overflow (that would cost the next Hello a full walk). Sleeps in `poll` while
+/// nothing changes; ends at the first event after the agent is gone.
+fn take_events_as_they_come(watch: &Arc<Mutex<RootWatch>>) -> std::io::Result<()> {
+    let fd = watch.lock().expect("watch lock").fd().try_clone_to_owned()?;
+    let watch = Arc::downgrade(watch);
+    std::thread::Builder::new().name("root-watch".into()).stack_size(256 * 1024).spawn(move || {
+        loop {
+            let mut ready = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            match rustix::event::poll(&mut ready, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    warn!("cannot wait for directory events: {e}");
+                    return;
+                }
+            }
+            let Some(watch) = watch.upgrade() else { return };
+            watch.lock().expect("watch lock").take_events();
+        }
+    })?;
+    Ok(())
 }
 
 async fn commit(
@@ -322,8 +382,13 @@ async fn commit(
     let (outcome, root, mut failed, set_aside, fresh) = tokio::task::spawn_blocking(move || {
         let mut files = pending.files;
         let mut st = worker.state.lock().expect("state lock");
-        let State { scanner, index } = &mut *st;
+        let State { scanner, index, watch } = &mut *st;
         let fresh = pending.fresh;
+        if let (Some(watch), Some(tree)) = (watch, &fresh) {
+            // Watched before they move in: nothing the app does in them afterwards is missed.
+            let dirs = tree.dirs();
+            watch.lock().expect("watch lock").adopt(dirs.iter().map(|(path, fd)| (path.clone(), &**fd)));
+        }
         let outcome = apply_changeset(&worker.sandbox, &ops, &mut files, fresh.as_deref(), index, &mut scanner.cache);
         (outcome.changed, index.root_hash(), [pending.failures, outcome.failed].concat(), outcome.set_aside, fresh)
     })

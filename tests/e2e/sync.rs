@@ -169,6 +169,37 @@ fn a_second_run_rehashes_nothing_and_sends_nothing() {
 }
 
 #[test]
+fn what_the_app_changes_in_the_agent_root_between_sessions_is_undone_by_the_next() {
+    // The agent keeps running between sessions and follows its root's changes (inotify): a
+    // Hello is answered from what changed, not from a walk. It must still see everything.
+    let env = Env::new();
+    for i in 0..40 {
+        write(&env.src.join(format!("pkg{}/lib/f{i}.js", i % 4)), format!("file {i}"));
+    }
+    let agent = env.agent(&[]);
+    assert!(env.sync_once(agent.addr, &[]).status.success());
+    assert_same_tree(&env.src, &env.dst);
+
+    let d = &env.dst;
+    write(&d.join("pkg0/lib/f0.js"), "edited by the app");
+    fs::remove_file(d.join("pkg1/lib/f1.js")).unwrap();
+    write(&d.join("pkg2/lib/stray.js"), "made by the app");
+    fs::rename(d.join("pkg3"), d.join("pkg3-moved")).unwrap();
+    write(&d.join("made/by/app.txt"), "a new directory");
+    fs::set_permissions(d.join("pkg2/lib/f2.js"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let out = env.sync_once(agent.addr, &[]);
+    assert!(out.status.success(), "sync failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"same_tree\":false"), "the agent must report its changed tree: {stdout}");
+    assert_same_tree(&env.src, &env.dst);
+
+    // And with nothing changed since, the next session finds the trees equal.
+    let out = env.sync_once(agent.addr, &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"same_tree\":true"));
+}
+
+#[test]
 fn a_small_edit_of_a_big_file_sends_only_changed_chunks() {
     let env = Env::new();
     let mut data = noise(16 << 20, 9);

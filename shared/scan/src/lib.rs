@@ -8,4 +8,4 @@ pub mod scanner;
 
 pub use cache::{HashCache, StatKey};
 pub use ignore_rules::IgnoreRules;
-pub use scanner::{ScanReport, Scanner, Skipped};
+pub use scanner::{DirHook, ScanReport, Scanner, Skipped};

@@ -29,6 +29,10 @@ pub struct ScanReport {
     pub bytes_hashed: u64,
 }
 
+/// Called with each directory a scan is about to list: its path in the tree (`None`: the
+/// root) and on disk.
+pub type DirHook<'a> = dyn FnMut(Option<&RelPath>, &Path) + 'a;
+
 /// A tree on disk, its ignore rules and its hash cache.
 pub struct Scanner {
     root: PathBuf,
@@ -55,6 +59,12 @@ impl Scanner {
 
     /// Scans the whole tree.
     pub fn scan_all(&mut self) -> io::Result<(TreeIndex, ScanReport)> {
+        self.scan_all_with(&mut |_, _| {})
+    }
+
+    /// Scans the whole tree, calling `before_listing` with each directory (`None`: the root)
+    /// just before it is listed: a watch set up there misses nothing the listing does not see.
+    pub fn scan_all_with(&mut self, before_listing: &mut DirHook<'_>) -> io::Result<(TreeIndex, ScanReport)> {
         let meta = fs::metadata(&self.root)?;
         if !meta.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
@@ -62,7 +72,7 @@ impl Scanner {
         self.rules.load_dir(None);
         let mut index = TreeIndex::new();
         let mut report = ScanReport::default();
-        let entries = self.walk(None, &mut report);
+        let entries = self.walk(None, &mut report, before_listing);
         {
             // Forget the cached hashes of files that are gone.
             let files: HashSet<&str> =
@@ -77,6 +87,17 @@ impl Scanner {
 
     /// Brings `index` up to date for `path` and everything below it, after a change there.
     pub fn rescan(&mut self, index: &mut TreeIndex, path: &RelPath, report: &mut ScanReport) {
+        self.rescan_with(index, path, report, &mut |_, _| {});
+    }
+
+    /// Like [`Scanner::rescan`], calling `before_listing` as [`Scanner::scan_all_with`] does.
+    pub fn rescan_with(
+        &mut self,
+        index: &mut TreeIndex,
+        path: &RelPath,
+        report: &mut ScanReport,
+        before_listing: &mut DirHook<'_>,
+    ) {
         let abs = self.root.join(path.as_str());
         let Ok(meta) = fs::symlink_metadata(&abs) else {
             index.remove(path);
@@ -87,7 +108,7 @@ impl Scanner {
             return;
         }
         // Parents' ignore files decide what is below; a new directory may bring its own.
-        let entries = self.walk(Some(path), report);
+        let entries = self.walk(Some(path), report, before_listing);
         index.remove(path);
         for (p, entry) in entries {
             index.insert(&p, entry);
@@ -99,7 +120,12 @@ impl Scanner {
     ///
     /// A file is stat'ed relative to its open directory (`statx(dirfd, name)`), not by its
     /// full path: resolving a path component by component was a third of a rescan's time.
-    fn walk(&mut self, start: Option<&RelPath>, report: &mut ScanReport) -> Vec<(RelPath, Entry)> {
+    fn walk(
+        &mut self,
+        start: Option<&RelPath>,
+        report: &mut ScanReport,
+        before_listing: &mut DirHook<'_>,
+    ) -> Vec<(RelPath, Entry)> {
         let mut found = Found::default();
         match start {
             None => found.dirs.push((None, self.root.clone())),
@@ -113,6 +139,7 @@ impl Scanner {
             }
         }
         while let Some((dir, abs_dir)) = found.dirs.pop() {
+            before_listing(dir.as_ref(), &abs_dir);
             let listing = match fs::read_dir(&abs_dir) {
                 Ok(items) => items,
                 Err(e) => {

@@ -84,7 +84,24 @@ fn roots(identity: &Identity) -> Result<RootCertStore, EndpointError> {
 
 /// A QUIC server on `addr` that accepts only clients whose certificate the CA signed.
 pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<quinn::Endpoint, EndpointError> {
-    quinn::Endpoint::server(server_config(identity)?, addr).map_err(|source| EndpointError::Bind { addr, source })
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+    quinn::Endpoint::new(endpoint_config(), Some(server_config(identity)?), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// Both sides' endpoint settings: zero-length connection IDs (RFC 9000 §5.1).
+///
+/// Packets are told apart by address instead: a host runs one connection per endpoint, and an
+/// agent has a handful of hosts, each from its own address and port. No ID is then issued in
+/// advance (a NEW_CONNECTION_ID packet per connection) nor carried in each packet the host
+/// sends: together about 110 bytes of a 4 KiB reconnect. The price: a host whose address
+/// changes mid-session (NAT rebinding, a laptop changing networks) is not followed to its new
+/// address; its session ends and it reconnects, which costs one handshake and one hash
+/// comparison. Keep-alives every 2 s keep NAT mappings from expiring meanwhile.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(EmptyConnectionIds));
+    config
 }
 
 /// The server side's QUIC configuration.
@@ -139,11 +156,7 @@ pub fn client_config(identity: &Identity, payload: Option<u16>) -> Result<quinn:
 pub fn client_endpoint(identity: &Identity, peer: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
     let bind = any_port_for(peer);
     let socket = std::net::UdpSocket::bind(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
-    // The host's connection IDs are empty: each session has its own endpoint, so the agent's
-    // packets are told apart by address, and no ID is spent on them (nor issued in advance).
-    let mut endpoint_config = quinn::EndpointConfig::default();
-    endpoint_config.cid_generator(|| Box::new(EmptyConnectionIds));
-    let mut endpoint = quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+    let mut endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(identity, route_payload(peer))?);
     Ok(endpoint)

@@ -170,7 +170,7 @@ impl AsyncUdpSocket for StreamSocket {
 /// A QUIC endpoint whose packets travel over `socket`.
 pub fn endpoint_over(socket: Arc<StreamSocket>, server: Option<quinn::ServerConfig>) -> io::Result<quinn::Endpoint> {
     quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        crate::endpoint::endpoint_config(),
         server,
         socket,
         Arc::new(quinn::TokioRuntime),
