@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use hotsync_core::diff::{self, Op};
 use hotsync_core::proto::{AGENT_SERVER_NAME, AgentMsg, HostMsg, MAGIC, PROTOCOL_VERSION};
 use hotsync_core::{RelPath, TreeIndex};
-use hotsync_transport::{Identity, read_frame, write_frame};
+use hotsync_transport::{Identity, read_frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -206,16 +206,24 @@ struct Greeting {
     agent: String,
 }
 
-/// Opens the control stream: Hello, answered by Welcome once the agent has rescanned its root.
+/// Takes the control stream the agent opens, and its Welcome (sent once it has brought its
+/// index up to date). The Hello waits for the first request.
 async fn greet(conn: &quinn::Connection) -> anyhow::Result<Greeting> {
-    let (mut send, recv) = conn.open_bi().await?;
+    let (send, mut recv) = conn.accept_bi().await.context("the agent did not open its control stream")?;
+    let mut magic = [0u8; MAGIC.len()];
+    if recv.read_exact(&mut magic).await.is_err() || magic != MAGIC {
+        bail!(Fatal(anyhow!("the peer is not a hotsync agent of this version (unexpected first bytes)")));
+    }
     let hello = HostMsg::Hello { version: PROTOCOL_VERSION, client: format!("hotsync {}", env!("CARGO_PKG_VERSION")) };
-    // One write, so the magic and the hello share a packet.
-    send.write_all(&[&MAGIC[..], &hotsync_core::codec::encode(&hello)].concat()).await?;
-    let mut control = Control { send, recv };
-    let AgentMsg::Welcome { root, agent, .. } = control.recv().await? else {
-        bail!("the agent did not answer Hello with Welcome");
+    let mut control = Control { send, recv, hello: Some(hello) };
+    let AgentMsg::Welcome { version, root, agent, .. } = control.recv().await? else {
+        bail!("the agent did not begin with Welcome");
     };
+    if version != PROTOCOL_VERSION {
+        bail!(Fatal(anyhow!(
+            "{agent} speaks hotsync protocol {version} and this host speaks {PROTOCOL_VERSION}: run the same hotsync version on both sides"
+        )));
+    }
     Ok(Greeting { control, root, agent })
 }
 
@@ -235,6 +243,10 @@ async fn handshake(connecting: quinn::Connecting, cfg: &SessionConfig) -> anyhow
             cfg.route.unreachable_hint()
         )),
         Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) if is_alpn_mismatch(&e) => Err(anyhow!(Fatal(anyhow!(
+            "the agent at {target} speaks another version of the hotsync protocol ({e}): run the same hotsync version on both sides \
+             (for a pod, `hotsync attach` again injects the sidecar of this version)"
+        )))),
         Ok(Err(e)) if is_tls_failure(&e) => Err(anyhow!(Fatal(anyhow!(
             "the agent at {target} and this host do not trust each other ({e}). Both sides must use the same credentials directory: \
              `hotsync credentials --out DIR`, then `--credentials DIR` for `hotsync sync` and `hotsync-agent serve`"
@@ -248,12 +260,20 @@ async fn handshake(connecting: quinn::Connecting, cfg: &SessionConfig) -> anyhow
 
 /// TLS alerts and certificate errors travel as QUIC crypto errors (codes 0x100–0x1ff).
 fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
-    let code = match e {
-        quinn::ConnectionError::TransportError(t) => t.code,
-        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
-        _ => return false,
-    };
-    (0x100..0x200).contains(&u64::from(code))
+    crypto_error_code(e).is_some_and(|code| (0x100..0x200).contains(&code))
+}
+
+/// The TLS alert `no_application_protocol` (120): the agent speaks another protocol version.
+fn is_alpn_mismatch(e: &quinn::ConnectionError) -> bool {
+    crypto_error_code(e) == Some(0x100 + 120)
+}
+
+fn crypto_error_code(e: &quinn::ConnectionError) -> Option<u64> {
+    match e {
+        quinn::ConnectionError::TransportError(t) => Some(u64::from(t.code)),
+        quinn::ConnectionError::ConnectionClosed(c) => Some(u64::from(c.error_code)),
+        _ => None,
+    }
 }
 
 impl std::fmt::Display for Fatal {
@@ -267,9 +287,19 @@ impl std::error::Error for Fatal {}
 struct Control {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    /// Not sent yet: it goes with the first request.
+    hello: Option<HostMsg>,
 }
 
 impl Control {
+    /// Sends `msg`, after the Hello if it has not gone yet (one write: one packet).
+    async fn send(&mut self, msg: &HostMsg) -> anyhow::Result<()> {
+        let mut bytes = self.hello.take().map(|hello| hotsync_core::codec::encode(&hello)).unwrap_or_default();
+        bytes.extend_from_slice(&hotsync_core::codec::encode(msg));
+        self.send.write_all(&bytes).await?;
+        Ok(())
+    }
+
     async fn recv(&mut self) -> anyhow::Result<AgentMsg> {
         match read_frame::<AgentMsg>(&mut self.recv).await? {
             Some(AgentMsg::Refused { reason }) => {
@@ -281,7 +311,7 @@ impl Control {
     }
 
     async fn fetch_index(&mut self) -> anyhow::Result<TreeIndex> {
-        write_frame(&mut self.send, &HostMsg::GetIndex).await?;
+        self.send(&HostMsg::GetIndex).await?;
         let mut index = TreeIndex::new();
         loop {
             match self.recv().await? {
@@ -393,7 +423,7 @@ async fn send_changeset(
     let udp_before = conn.stats().udp_tx.bytes;
 
     let commit = HostMsg::Commit { id, data_streams: streams.len() as u32, ops: ops.to_vec(), reload: true };
-    write_frame(&mut control.send, &commit).await?;
+    control.send(&commit).await?;
     let mut tasks = JoinSet::new();
     for records in streams {
         tasks.spawn(send::send_stream(conn.clone(), cfg.source_root.clone(), id, records, progress.clone()));

@@ -1,11 +1,11 @@
 //! What changed in the root since the agent's index was last brought up to date.
 //!
-//! A host's Hello is answered with the root hash of the agent's tree as it is now, and the app
+//! A host's session begins with the root hash of the agent's tree as it is now, and the app
 //! may have written there since (or a container restart reset it). Walking the whole tree for
-//! every Hello costs 21,000 `statx` for a `node_modules`-sized tree, the longest part of a
+//! every session costs 21,000 `statx` for a `node_modules`-sized tree, the longest part of a
 //! reconnect. Instead every directory of the tree is watched (inotify, so nothing polls), the
-//! names events touch are noted, and a Hello rescans only those. When the kernel drops events
-//! (its queue overflowed) or a watch cannot be added (the system's limit), the next Hello
+//! names events touch are noted, and a new session rescans only those. When the kernel drops events
+//! (its queue overflowed) or a watch cannot be added (the system's limit), the next session
 //! walks everything, as before.
 //!
 //! What makes this exact: a directory is watched before it is listed (the scanner calls back
@@ -110,7 +110,7 @@ impl RootWatch {
             };
             let flags = event.events();
             if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
-                debug!("directory events overflowed: the next Hello walks the tree");
+                debug!("directory events overflowed: the next session walks the tree");
                 self.lost_track = true;
                 continue;
             }
@@ -238,7 +238,7 @@ impl RootWatch {
             }
             Err(Errno::NOSPC | Errno::NOMEM) => {
                 warn!(
-                    "cannot watch more directories (fs.inotify.max_user_watches): each host's Hello now rescans the whole root"
+                    "cannot watch more directories (fs.inotify.max_user_watches): each new session now rescans the whole root"
                 );
                 self.gave_up = true;
             }

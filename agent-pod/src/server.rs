@@ -24,9 +24,8 @@ use crate::reload::ReloadAction;
 use crate::root_watch::RootWatch;
 use crate::sandbox::Sandbox;
 
-/// QUIC application close codes the agent uses.
+/// QUIC application close codes the agent uses (1 was a bad magic, when the host spoke first).
 mod close {
-    pub(super) const BAD_MAGIC: u32 = 1;
     pub(super) const PROTOCOL: u32 = 2;
 }
 
@@ -63,7 +62,7 @@ struct State {
     scanner: Scanner,
     index: TreeIndex,
     /// What changed in the root since `index` was brought up to date; `None` when inotify is
-    /// not available (each Hello then walks the root). Locked after `state`, never before.
+    /// not available (each session then begins with a walk). Locked after `state`, never before.
     watch: Option<Arc<Mutex<RootWatch>>>,
 }
 
@@ -90,7 +89,7 @@ impl Agent {
         let watch = match RootWatch::new(root) {
             Ok(w) => Some(Arc::new(Mutex::new(w))),
             Err(e) => {
-                warn!("cannot watch the root ({e}): each host's Hello will rescan it whole");
+                warn!("cannot watch the root ({e}): each session will begin with a walk of it");
                 None
             }
         };
@@ -142,7 +141,7 @@ impl Agent {
         let saver = tokio::spawn(save_cache_periodically(self.shared.clone()));
         if let Some(watch) = &self.shared.state.lock().expect("state lock").watch {
             if let Err(e) = take_events_as_they_come(watch) {
-                warn!("cannot follow directory events ({e}): they are read at each Hello instead");
+                warn!("cannot follow directory events ({e}): they are read when a session begins instead");
             }
         }
         let loops: Vec<_> =
@@ -226,12 +225,9 @@ impl Staging {
 }
 
 async fn serve_connection(conn: quinn::Connection, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let (mut send, mut recv) = conn.accept_bi().await.context("no control stream")?;
-    let mut magic = [0u8; MAGIC.len()];
-    if recv.read_exact(&mut magic).await.is_err() || magic != MAGIC {
-        conn.close(close::BAD_MAGIC.into(), b"not a hotsync peer");
-        bail!("peer is not a hotsync host (bad magic)");
-    }
+    // The agent speaks first, on a control stream it opens: the handshake has already proven
+    // the host's certificate, and a host that finds both trees equal then sends nothing at all.
+    let (mut send, mut recv) = conn.open_bi().await.context("cannot open the control stream")?;
     let staging = Arc::new(Staging::default());
     let streams = tokio::spawn(accept_data_streams(conn.clone(), shared.clone(), staging.clone()));
     let result = control_loop(&conn, &shared, &staging, &mut send, &mut recv).await;
@@ -252,6 +248,17 @@ async fn control_loop(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<()> {
+    let (root, entries) = rescan(shared.clone()).await?;
+    let welcome = AgentMsg::Welcome {
+        version: PROTOCOL_VERSION,
+        agent: format!("hotsync-agent {}", env!("CARGO_PKG_VERSION")),
+        root,
+        entries: entries as u64,
+    };
+    // One write, so the magic and the welcome share a packet.
+    send.write_all(&[&MAGIC[..], &hotsync_core::codec::encode(&welcome)].concat()).await?;
+
+    // The host's Hello comes with its first request, if it has one.
     match read_frame::<HostMsg>(recv).await? {
         Some(HostMsg::Hello { version, client }) if version == PROTOCOL_VERSION => {
             info!(%client, "host connected");
@@ -264,16 +271,9 @@ async fn control_loop(
             let _ = send.finish();
             bail!(reason);
         }
-        other => bail!("expected Hello, got {other:?}"),
+        None => return Ok(()),
+        Some(other) => bail!("expected Hello, got {other:?}"),
     }
-    let (root, entries) = rescan(shared.clone()).await?;
-    let welcome = AgentMsg::Welcome {
-        version: PROTOCOL_VERSION,
-        agent: format!("hotsync-agent {}", env!("CARGO_PKG_VERSION")),
-        root,
-        entries: entries as u64,
-    };
-    write_frame(send, &welcome).await?;
 
     while let Some(msg) = read_frame::<HostMsg>(recv).await? {
         match msg {
@@ -330,7 +330,7 @@ impl State {
 }
 
 /// Reads directory events as they come, on a thread of its own, so that the kernel's queue
-/// does not overflow (that would cost the next Hello a full walk). Sleeps in `poll` while
+/// does not overflow (that would cost the next session a full walk). Sleeps in `poll` while
 /// nothing changes; ends at the first event after the agent is gone.
 fn take_events_as_they_come(watch: &Arc<Mutex<RootWatch>>) -> std::io::Result<()> {
     let fd = watch.lock().expect("watch lock").fd().try_clone_to_owned()?;

@@ -171,7 +171,7 @@ fn a_second_run_rehashes_nothing_and_sends_nothing() {
 #[test]
 fn what_the_app_changes_in_the_agent_root_between_sessions_is_undone_by_the_next() {
     // The agent keeps running between sessions and follows its root's changes (inotify): a
-    // Hello is answered from what changed, not from a walk. It must still see everything.
+    // session begins from what changed, not from a walk. It must still see everything.
     let env = Env::new();
     for i in 0..40 {
         write(&env.src.join(format!("pkg{}/lib/f{i}.js", i % 4)), format!("file {i}"));

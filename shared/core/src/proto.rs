@@ -1,8 +1,10 @@
-//! The messages of the hotsync wire protocol, version 1.
+//! The messages of the hotsync wire protocol, version 2.
 //!
-//! A session is one QUIC connection (ALPN [`ALPN`], mutual TLS). The host opens a
-//! bidirectional *control stream*, writes [`MAGIC`], then framed [`HostMsg`]s; the agent
-//! answers with framed [`AgentMsg`]s. File contents travel on unidirectional *data streams*
+//! A session is one QUIC connection (ALPN [`ALPN`], mutual TLS). Once the handshake is done
+//! the agent opens a bidirectional *control stream* and writes [`MAGIC`] and its
+//! [`AgentMsg::Welcome`]; the host answers with framed [`HostMsg`]s, a [`HostMsg::Hello`] first,
+//! sent along with its first request (a host that finds both trees equal sends nothing), and
+//! the agent answers each request with framed [`AgentMsg`]s. File contents travel on unidirectional *data streams*
 //! (several in flight at once): a [`DataHeader`] frame, then [`FileRecord`] frames, each
 //! followed by the raw bytes of its [`Piece::Data`] pieces. A [`HostMsg::Commit`] names how
 //! many data streams belong to its changeset; the agent stages what they carry and applies the
@@ -16,11 +18,12 @@ use crate::index::Entry;
 use crate::path::RelPath;
 
 /// The first bytes on a control stream: says "hotsync" and the framing generation.
-pub const MAGIC: [u8; 8] = *b"HOTSYNC\x01";
+pub const MAGIC: [u8; 8] = *b"HOTSYNC\x02";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The TLS application protocol name.
-pub const ALPN: &[u8] = b"hotsync/1";
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The TLS application protocol name: peers of another protocol version fail the handshake
+/// with `no_application_protocol`, which the host explains.
+pub const ALPN: &[u8] = b"hotsync/2";
 /// The name in the agent's certificate; the host checks it whatever address it dials.
 pub const AGENT_SERVER_NAME: &str = "hotsync-agent";
 /// The largest file a record may describe (1 TiB): a bound on what a peer can ask us to write.
@@ -43,7 +46,7 @@ pub enum HostMsg {
 /// Agent → host, on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMsg {
-    /// Answer to `Hello`: the agent's current Merkle root, so an unchanged tree costs one hash.
+    /// The agent's first message: its current Merkle root, so an unchanged tree costs one hash.
     Welcome { version: u32, agent: String, root: Hash, entries: u64 },
     /// Part of the answer to `GetIndex`, parents before children.
     IndexPart { entries: Vec<(RelPath, Entry)>, done: bool },
