@@ -88,13 +88,25 @@ impl ChunkMemory {
 pub struct Planned {
     pub record: FileRecord,
     pub ranges: Vec<(u64, u64)>,
-    /// Make this content's chunk list from the bytes sent (a large file sent whole).
-    pub remember_chunks: bool,
-    /// This content's chunk list, made while planning (a delta).
-    pub chunks: Option<Vec<Chunk>>,
+    pub chunks: ChunkList,
+}
+
+/// Where the chunk list of a planned file's content (for the deltas of its next edits) comes
+/// from.
+pub enum ChunkList {
+    /// None is kept: a small file, or content the agent already has elsewhere.
+    NotKept,
+    /// Made from the bytes sent (a large file sent whole).
+    FromBytesSent,
+    /// Made while planning (a delta).
+    Made(Vec<Chunk>),
 }
 
 impl Planned {
+    fn new(record: FileRecord) -> Self {
+        Self { record, ranges: Vec::new(), chunks: ChunkList::NotKept }
+    }
+
     /// File bytes this record puts on the wire.
     pub fn wire_bytes(&self) -> u64 {
         self.ranges.iter().map(|(_, len)| len).sum()
@@ -118,12 +130,12 @@ pub fn plan(root: &Path, ops: &[Op], model: &TreeIndex, memory: &ChunkMemory) ->
         let Op::Write { path, meta } = op else { continue };
         let record = |pieces| FileRecord { path: path.clone(), size: meta.size, hash: meta.hash, pieces };
         if meta.size == 0 {
-            out.push(Planned { record: record(Vec::new()), ranges: Vec::new(), remember_chunks: false, chunks: None });
+            out.push(Planned::new(record(Vec::new())));
             continue;
         }
         if let Some(from) = leaving.get(&meta.hash) {
             let pieces = vec![Piece::Copy { from: Some(from.clone()), offset: 0, len: meta.size }];
-            out.push(Planned { record: record(pieces), ranges: Vec::new(), remember_chunks: false, chunks: None });
+            out.push(Planned::new(record(pieces)));
             continue;
         }
         if meta.size >= DELTA_MIN_SIZE {
@@ -133,12 +145,8 @@ pub fn plan(root: &Path, ops: &[Op], model: &TreeIndex, memory: &ChunkMemory) ->
             }
         }
         let pieces = vec![Piece::Data { len: meta.size }];
-        out.push(Planned {
-            record: record(pieces),
-            ranges: vec![(0, meta.size)],
-            remember_chunks: meta.size >= DELTA_MIN_SIZE,
-            chunks: None,
-        });
+        let chunks = if meta.size >= DELTA_MIN_SIZE { ChunkList::FromBytesSent } else { ChunkList::NotKept };
+        out.push(Planned { record: record(pieces), ranges: vec![(0, meta.size)], chunks });
     }
     out
 }
@@ -167,7 +175,7 @@ fn plan_delta(root: &Path, path: &RelPath, new_hash: Hash, model: &TreeIndex, me
         }
     }
     let record = FileRecord { path: path.clone(), size, hash: new_hash, pieces };
-    Some(Planned { record, ranges, remember_chunks: false, chunks: Some(new_chunks) })
+    Some(Planned { record, ranges, chunks: ChunkList::Made(new_chunks) })
 }
 
 /// Packs records into streams: large files alone, small ones batched.
@@ -221,10 +229,16 @@ pub async fn send_stream(
     let mut learned = Vec::new();
     let mut stream = conn.open_uni().await.context("cannot open a data stream")?;
     write_frame(&mut stream, &DataHeader { changeset }).await?;
-    for mut p in records {
-        if let Some(chunks) = p.chunks.take() {
-            learned.push(Learned { path: p.record.path.clone(), hash: p.record.hash, chunks });
-        }
+    for p in records {
+        let learn = |chunks| Learned { path: p.record.path.clone(), hash: p.record.hash, chunks };
+        let from_bytes_sent = match p.chunks {
+            ChunkList::Made(chunks) => {
+                learned.push(learn(chunks));
+                false
+            }
+            ChunkList::FromBytesSent => true,
+            ChunkList::NotKept => false,
+        };
         write_frame(&mut stream, &p.record).await?;
         if p.ranges.is_empty() {
             progress.files.fetch_add(1, Ordering::Relaxed);
@@ -233,7 +247,7 @@ pub async fn send_stream(
         let path = root.join(p.record.path.as_str());
         // A large file sent whole: its chunk list (for the deltas of its next edits) is made
         // from the very bytes sent, on a blocking thread, instead of reading the file again.
-        let (chunk_feed, chunker) = if p.remember_chunks {
+        let (chunk_feed, chunker) = if from_bytes_sent {
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKER_QUEUE);
             let task = tokio::task::spawn_blocking(move || chunk::chunk_reader(Fed { rx, current: Bytes::new() }));
             (Some(tx), Some(task))
@@ -265,7 +279,7 @@ pub async fn send_stream(
         drop(chunk_feed); // the end of the content
         if let Some(chunker) = chunker {
             if let Ok(Ok(chunks)) = chunker.await {
-                learned.push(Learned { path: p.record.path.clone(), hash: p.record.hash, chunks });
+                learned.push(learn(chunks));
             }
         }
     }

@@ -444,12 +444,21 @@ async fn receive_stream(mut recv: quinn::RecvStream, shared: &Shared, staging: &
     let mut files = Vec::new();
     let mut failures = Vec::new();
     let mut fresh: Option<Arc<FreshTree>> = None;
+    // Whether the last directory asked about is new: records come in path order, siblings
+    // together, so the index (behind the state lock) is asked once per directory, not per file.
+    let mut last_dir: Option<(RelPath, bool)> = None;
     while let Some(record) = read_frame::<FileRecord>(&mut recv).await? {
         record.validate().map_err(anyhow::Error::msg)?;
         // A file whose directory the agent does not have is staged in place in a tree of new
         // directories (the commit moves each new directory in whole).
-        let new_dir =
-            record.path.parent().is_some_and(|dir| shared.state.lock().expect("state lock").index.get(&dir).is_none());
+        let new_dir = record.path.parent().is_some_and(|dir| match &last_dir {
+            Some((known, new)) if *known == dir => *new,
+            _ => {
+                let new = shared.state.lock().expect("state lock").index.get(&dir).is_none();
+                last_dir = Some((dir, new));
+                new
+            }
+        });
         let tree = if new_dir {
             if fresh.is_none() {
                 fresh = Some(
