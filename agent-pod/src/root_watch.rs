@@ -103,12 +103,16 @@ impl RootWatch {
                 Ok(event) => event,
                 Err(Errno::AGAIN | Errno::INTR) => break,
                 Err(e) => {
-                    warn!("cannot read directory events: {e}; the next host will wait for a full rescan");
+                    warn!("cannot read directory events: {e}; the next session walks the tree");
                     self.lost_track = true;
                     break;
                 }
             };
             let flags = event.events();
+            if self.lost_track {
+                // A walk is due anyway (and forgets every watch): the queue is only emptied.
+                continue;
+            }
             if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
                 debug!("directory events overflowed: the next session walks the tree");
                 self.lost_track = true;
@@ -132,6 +136,10 @@ impl RootWatch {
                     if let Some(child) = child {
                         self.noted.insert(child);
                     }
+                    if self.noted.len() > MAX_NOTED {
+                        self.lost_track = true;
+                        self.noted.clear();
+                    }
                 }
                 None if dir.is_none() && flags.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF) => {
                     self.lost_track = true;
@@ -139,9 +147,6 @@ impl RootWatch {
                 // A watched directory's own changes are also reported to its parent's watch.
                 None => {}
             }
-        }
-        if self.noted.len() > MAX_NOTED {
-            self.lost_track = true;
         }
     }
 
