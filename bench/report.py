@@ -250,7 +250,7 @@ class Report:
             "",
             "Medians of the moments each JSON event line reached the benchmark, from the process start: "
             "*start + scan* until `scanned` (process start, walk, hashing what the cache cannot vouch for); "
-            "*connect* until `connected` (QUIC + TLS handshake, Hello/Welcome, the agent's rescan of its root); "
+            "*connect* until `connected` (QUIC + TLS handshake, then the agent's Welcome once its index is up to date); "
             "*send + apply* until `synced` (planning, reading, sending, the agent staging, verifying and "
             "renaming); *confirm* until `in_sync`; *exit* until the process ended (closing the connection, "
             "saving the chunk lists).",

@@ -186,6 +186,48 @@ fn a_host_with_other_credentials_is_refused_and_told_why() {
 }
 
 #[test]
+fn an_agent_of_another_protocol_version_is_explained() {
+    // An agent that trusts the same credentials but speaks protocol 1 (ALPN `hotsync/1`), as
+    // a sidecar image from an older release would: the handshake fails on the application
+    // protocol, and the host says so instead of blaming the credentials.
+    let env = Env::new();
+    write(&env.src.join("x.txt"), "x");
+    let identity = Identity::load(&env.creds, Role::Agent).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let addr = rt.block_on(async {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(identity.ca.clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+            .unwrap();
+        tls.alpn_protocols = vec![b"hotsync/1".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let _ = incoming.await;
+            }
+        });
+        addr
+    });
+    let out = env.sync_once(addr, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("speaks another version of the hotsync protocol"), "{stderr}");
+    assert!(stderr.contains("run the same hotsync version on both sides"), "{stderr}");
+    assert!(!stderr.contains("same credentials directory"), "not a credentials problem: {stderr}");
+}
+
+#[test]
 fn a_client_without_a_certificate_is_served_nothing() {
     let env = Env::new();
     let agent = env.agent(&[]);
