@@ -11,6 +11,8 @@
 //! What makes this exact: a directory is watched before it is listed (the scanner calls back
 //! before each listing), so a change in it is either seen by the listing or reported after;
 //! and a watched directory is trusted only while the inode at its path is the one watched.
+//! inotify reports what is written through this machine's kernel: all an emptyDir or a local
+//! volume ever gets (a network filesystem written from other machines would not be seen).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;

@@ -96,8 +96,9 @@ pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<quinn::E
 /// advance (a NEW_CONNECTION_ID packet per connection) nor carried in each packet the host
 /// sends: together about 110 bytes of a 4 KiB reconnect. The price: a host whose address
 /// changes mid-session (NAT rebinding, a laptop changing networks) is not followed to its new
-/// address; its session ends and it reconnects, which costs one handshake and one hash
-/// comparison. Keep-alives every 2 s keep NAT mappings from expiring meanwhile.
+/// address; its session ends at the idle timeout (8 s) and it reconnects, which costs one
+/// handshake and one hash comparison. Keep-alives every 2 s keep NAT mappings from expiring
+/// meanwhile; the port-forward path is TCP, whose addresses cannot change.
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config.cid_generator(|| Box::new(EmptyConnectionIds));
