@@ -24,6 +24,7 @@ use hotsync_core::index::Node;
 use hotsync_core::{RelPath, TreeIndex};
 use hotsync_scan::{ScanReport, Scanner};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use tracing::{debug, warn};
 
@@ -205,8 +206,18 @@ impl RootWatch {
         if self.gave_up {
             return;
         }
-        let added = inotify::add_watch(&self.inotify, abs, watch_flags() | WatchFlags::DONT_FOLLOW)
-            .and_then(|wd| rustix::fs::stat(abs).map(|st| Watched { wd, ino: st.st_ino }));
+        // Opened first, so that the watch and the inode noted are surely the same directory.
+        let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+        let Ok(fd) = rustix::fs::open(abs, flags, Mode::empty()) else {
+            // Gone or replaced since it was listed: its parent's watch reports that.
+            return;
+        };
+        let added = match self.add_watch_on(&fd) {
+            // No /proc: by path, which leaves a moment for the directory to be swapped.
+            Err(Errno::NOENT) => inotify::add_watch(&self.inotify, abs, watch_flags() | WatchFlags::DONT_FOLLOW)
+                .and_then(|wd| rustix::fs::fstat(&fd).map(|st| Watched { wd, ino: st.st_ino })),
+            other => other,
+        };
         self.record(dir, added);
     }
 
@@ -221,15 +232,19 @@ impl RootWatch {
             if self.by_path.contains_key(&key) {
                 continue;
             }
-            let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            let added = inotify::add_watch(&self.inotify, proc_path.as_str(), watch_flags())
-                .and_then(|wd| rustix::fs::fstat(fd).map(|st| Watched { wd, ino: st.st_ino }));
-            match added {
+            match self.add_watch_on(fd) {
                 // Without /proc the directory is rescanned when its move is seen: slower, exact.
                 Err(Errno::NOENT) => return,
-                other => self.record(key.as_ref(), other),
+                added => self.record(key.as_ref(), added),
             }
         }
+    }
+
+    /// Watches the directory open at `fd` (through `/proc/self/fd`), with its inode.
+    fn add_watch_on(&self, fd: &OwnedFd) -> rustix::io::Result<Watched> {
+        let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let wd = inotify::add_watch(&self.inotify, proc_path.as_str(), watch_flags())?;
+        Ok(Watched { wd, ino: rustix::fs::fstat(fd)?.st_ino })
     }
 
     fn record(&mut self, dir: Option<&RelPath>, added: rustix::io::Result<Watched>) {
