@@ -248,7 +248,7 @@ async fn control_loop(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> anyhow::Result<()> {
-    let (root, entries) = rescan(shared.clone()).await?;
+    let (root, entries) = refresh_index(shared.clone()).await?;
     let welcome = AgentMsg::Welcome {
         version: PROTOCOL_VERSION,
         agent: format!("hotsync-agent {}", env!("CARGO_PKG_VERSION")),
@@ -300,7 +300,7 @@ async fn control_loop(
 }
 
 /// Brings the index up to date with the root before it is compared with the host's tree.
-async fn rescan(shared: Arc<Shared>) -> anyhow::Result<(hotsync_core::Hash, usize)> {
+async fn refresh_index(shared: Arc<Shared>) -> anyhow::Result<(hotsync_core::Hash, usize)> {
     tokio::task::spawn_blocking(move || {
         let mut st = shared.state.lock().expect("state lock");
         st.refresh().context("cannot index the root")?;

@@ -108,7 +108,7 @@ impl Scanner {
             return;
         }
         // Parents' ignore files decide what is below; a new directory may bring its own.
-        let entries = self.walk(Some(path), report, before_listing);
+        let entries = self.walk(Some((path, meta)), report, before_listing);
         index.remove(path);
         for (p, entry) in entries {
             index.insert(&p, entry);
@@ -122,41 +122,32 @@ impl Scanner {
     /// full path: resolving a path component by component was a third of a rescan's time.
     fn walk(
         &mut self,
-        start: Option<&RelPath>,
+        start: Option<(&RelPath, fs::Metadata)>,
         report: &mut ScanReport,
         before_listing: &mut DirHook<'_>,
     ) -> Vec<(RelPath, Entry)> {
         let mut found = Found::default();
         match start {
             None => found.dirs.push((None, self.root.clone())),
-            Some(rel) => {
-                // The path that changed: a file, a link or a directory.
+            // The path that changed (a file, a link or a directory), as the caller found it.
+            Some((rel, meta)) => {
                 let abs = self.root.join(rel.as_str());
-                match fs::symlink_metadata(&abs) {
-                    Ok(meta) => self.take(rel.clone(), abs, meta.file_type(), || Ok(meta), &mut found, report),
-                    Err(e) => report.skipped.push(Skipped { path: rel.to_string(), reason: io_reason(Some(&e)) }),
-                }
+                self.take(rel.clone(), abs, meta.file_type(), || Ok(meta), &mut found, report);
             }
         }
         while let Some((dir, abs_dir)) = found.dirs.pop() {
             before_listing(dir.as_ref(), &abs_dir);
-            let listing = match fs::read_dir(&abs_dir) {
-                Ok(items) => items,
+            let mut unlisted = |e: &io::Error| {
+                let path = dir.as_ref().map_or_else(String::new, ToString::to_string);
+                report.skipped.push(Skipped { path, reason: io_reason(Some(e)) });
+            };
+            let listing: Vec<fs::DirEntry> = match fs::read_dir(&abs_dir) {
+                Ok(items) => items.filter_map(|item| item.map_err(|e| unlisted(&e)).ok()).collect(),
                 Err(e) => {
-                    let path = dir.as_ref().map_or_else(String::new, ToString::to_string);
-                    report.skipped.push(Skipped { path, reason: io_reason(Some(&e)) });
+                    unlisted(&e);
                     continue;
                 }
             };
-            let listing: Vec<fs::DirEntry> = listing
-                .filter_map(|item| {
-                    item.map_err(|e| {
-                        let path = dir.as_ref().map_or_else(String::new, ToString::to_string);
-                        report.skipped.push(Skipped { path, reason: io_reason(Some(&e)) });
-                    })
-                    .ok()
-                })
-                .collect();
             // This directory's own ignore files apply to what it holds.
             if let Some(d) = &dir {
                 if self.rules.has_rules_in(d) || listing.iter().any(|e| is_nested_rules_file(&e.file_name())) {
