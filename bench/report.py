@@ -130,15 +130,29 @@ class Report:
         bytes_total = self.info["sizes"][w]
         h = self.med(fig, "hotsync")
         rows = []
-        for tool in ("hotsync", "tar", "rsync"):
+        for tool in ("hotsync", "tar", "rsync", "QUIC alone"):
             m = self.med(fig, tool)
+            if m is None:
+                continue
+            on_the_wire = {"tar": "local copy", "QUIC alone": "no file touched"}.get(tool)
             rows.append([
                 tool, ms(m), f"{bytes_total / MIB / m:,.0f} MiB/s", "" if tool == "hotsync" else ratio(h, m),
                 cpu(self.med(f"{w} initial cpu", tool)),
-                "local copy" if tool == "tar" else size(self.med(f"{w} initial wire", tool)),
+                on_the_wire or size(self.med(f"{w} initial wire", tool)),
             ])  # fmt: skip
         self.add(f"### {w} initial sync ({self.info['describe'][w]})", "")
         self.table(["tool", "median time", "throughput", "hotsync ÷ tool (time)", "CPU time", "bytes on loopback"], rows)
+        lost = self.res.samples.get(f"{w} initial lost packets", {}).get("hotsync")
+        if lost:
+            self.add(f"Packets hotsync's connection lost and sent again, per run: {', '.join(f'{n:,}' for n in lost)}.", "")
+        if self.med(fig, "QUIC alone") is not None:
+            self.add(
+                "*QUIC alone*: hotsync's QUIC setup (the same endpoints, TLS and transport settings, one "
+                "stream) moving as many bytes over loopback with no file read, hashed or written "
+                "(`cargo run --release -p hotsync-transport --example quic_floor -- BYTES`): what handling "
+                "files adds is the difference.",
+                "",
+            )
 
     def bytes_table(self, prefix, peers=("rsync",)):
         h_time, h_wire = self.med(f"{prefix} s", "hotsync"), self.med(f"{prefix} wire", "hotsync")

@@ -32,6 +32,7 @@ def _target_dir():
 TARGET = _target_dir()
 HOTSYNC = TARGET / "release/hotsync"
 AGENT = TARGET / "release/hotsync-agent"
+QUIC_FLOOR = TARGET / "release/examples/quic_floor"
 
 
 class ToolFailed(Exception):
@@ -56,8 +57,18 @@ def ensure_peers():
 def build():
     print("building hotsync (cargo build --release)", flush=True)
     subprocess.run(
-        ["cargo", "build", "--release", "--locked", "-p", "hotsync-host", "-p", "hotsync-agent"], cwd=REPO, check=True
-    )
+        ["cargo", "build", "--release", "--locked", "-p", "hotsync-host", "-p", "hotsync-agent",
+         "-p", "hotsync-transport", "--bins", "--example", "quic_floor"],
+        cwd=REPO, check=True,
+    )  # fmt: skip
+
+
+def quic_floor(size):
+    """hotsync's QUIC setup alone moving `size` bytes over loopback, no file touched (the
+    `quic_floor` example): (seconds, CPU seconds)."""
+    out = subprocess.run([str(QUIC_FLOOR), str(size)], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout)
+    return result["seconds"], result["cpu_seconds"]
 
 
 def wait_for_line(path, needle, proc, timeout=30):

@@ -366,6 +366,7 @@ async fn sync_connection(
                     entries: model.len() as u64,
                     udp_tx_bytes: stats.udp_tx.bytes,
                     udp_rx_bytes: stats.udp_rx.bytes,
+                    lost_packets: stats.path.lost_packets,
                 });
                 reported_in_sync = true;
             }

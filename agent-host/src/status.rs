@@ -245,6 +245,7 @@ mod tests {
             entries: 1,
             udp_tx_bytes: 0,
             udp_rx_bytes: 0,
+            lost_packets: 0,
         };
         record(&mut s, &in_sync);
         assert_eq!(s.pods["web-1"].state, "in sync");

@@ -57,13 +57,15 @@ pub enum Event {
         root: String,
     },
     /// The agent's tree equals the source. `udp_tx_bytes`/`udp_rx_bytes`: everything this
-    /// connection has sent and received so far (handshake included).
+    /// connection has sent and received so far (handshake included); `lost_packets`: how many
+    /// of the packets it sent were lost and sent again (each one also slowed the sending down).
     InSync {
         target: String,
         root: String,
         entries: u64,
         udp_tx_bytes: u64,
         udp_rx_bytes: u64,
+        lost_packets: u64,
     },
     Disconnected {
         target: String,
