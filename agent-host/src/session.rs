@@ -347,7 +347,14 @@ async fn sync_connection(
     let same_tree = known || current.root_hash() == root;
     ui.emit(Event::Connected { target: cfg.label.clone(), agent: greeting.agent.clone(), same_tree });
     if !known {
-        *model = Some(if same_tree { current } else { control.fetch_index().await? });
+        *model = Some(if same_tree {
+            current
+        } else if root == TreeIndex::new().root_hash() {
+            // An empty tree has nothing to list: no round trip.
+            TreeIndex::new()
+        } else {
+            control.fetch_index().await?
+        });
     }
     let model = model.as_mut().expect("set above");
 
