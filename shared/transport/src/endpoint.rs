@@ -31,7 +31,7 @@ pub fn transport_config() -> quinn::TransportConfig {
     // 40 ms at 100 MB/s), no more. The agent writes at disk speed: credit beyond that only
     // piles data up in its memory. Once packets stopped being dropped (see
     // `enlarge_receive_buffer`), 16 MiB per stream, 64 MiB in all and 256 streams at once let
-    // the agent hold 52–62 MB after a 20,000-file sync; with these, 19 MB. Both changes
+    // the agent hold 52–62 MiB after a 20,000-file sync; with these, 19 MiB. Both changes
     // together, in interleaved runs on tmpfs: W1 686 → 601 ms, W2 644 → 541 ms.
     t.stream_receive_window(quinn::VarInt::from_u32(2 << 20));
     t.receive_window(quinn::VarInt::from_u32(4 << 20));
@@ -177,12 +177,13 @@ const RECEIVE_BUFFER: usize = 512 << 10;
 ///
 /// The kernel's default (208 KiB) fills whenever the agent stalls on a write for a moment;
 /// every packet past it is dropped, and each drop cuts the host's congestion window: a
-/// 200 MiB transfer on loopback lost 3,745 packets in 103 congestion events. Larger is not
-/// better past this: the more packets wait, the more of quinn's receive buffers the agent
-/// keeps touched (its memory after a 20,000-file sync: 18.7 MB with the default, 19.0 with
-/// 512 KiB, 19.6 with 8 MiB), for no more speed. A process with `CAP_NET_ADMIN` gets it
-/// whole; others get at most `net.core.rmem_max` (208 KiB on many systems): a smaller buffer
-/// is slower, not wrong, so a refusal is ignored.
+/// 200 MiB transfer on loopback lost 3,745 packets in 103 congestion events (on ext4, where
+/// writes stall longest; 750–2,000 with this buffer). A larger one drops fewer still (none
+/// with 8 MiB) but the more packets wait, the more of quinn's receive buffers the agent keeps
+/// touched: its memory after a 20,000-file sync was 18.7 MiB with the default, 19.0 with
+/// 512 KiB, 19.6 with 8 MiB, and the runs were no faster. A process with `CAP_NET_ADMIN` gets
+/// it whole; others get at most `net.core.rmem_max` (208 KiB on many systems): a smaller
+/// buffer is slower, not wrong, so a refusal is ignored.
 fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
     if rustix::net::sockopt::set_socket_recv_buffer_size_force(socket, RECEIVE_BUFFER).is_err() {
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, RECEIVE_BUFFER);
