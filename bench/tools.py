@@ -186,14 +186,14 @@ class WireMeter:
 
 
 class Agent:
-    """`hotsync-agent serve` on a fresh root."""
+    """`hotsync-agent serve` on a fresh root (`binary`: another build's agent)."""
 
-    def __init__(self, root, creds, meter):
+    def __init__(self, root, creds, meter, binary=None):
         root.mkdir(parents=True)
         self.root = root
         self.log = root.parent / f"{root.name}.agent.log"
         self.proc = subprocess.Popen(
-            [str(AGENT), "serve", "--root", str(root), "--listen", "127.0.0.1:0", "--credentials", str(creds)],
+            [str(binary or AGENT), "serve", "--root", str(root), "--listen", "127.0.0.1:0", "--credentials", str(creds)],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "w"),
             env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"),
@@ -245,14 +245,14 @@ class HostRun:
         }
 
 
-def hotsync_once(src, agent, creds, cache):
-    """`hotsync sync SRC --to AGENT --json --once`."""
+def hotsync_once(src, agent, creds, cache, binary=None):
+    """`hotsync sync SRC --to AGENT --json --once` (`binary`: another build's host)."""
     before = agent.wire_bytes()
     err = open(cache.parent / f"{cache.name}.host.log", "w+")
     cpu0 = my_children_cpu() + cpu_seconds(agent.proc.pid)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [str(HOTSYNC), "sync", str(src), "--to", agent.addr, "--credentials", str(creds),
+        [str(binary or HOTSYNC), "sync", str(src), "--to", agent.addr, "--credentials", str(creds),
          "--cache-dir", str(cache), "--json", "--once"],
         stdout=subprocess.PIPE, stderr=err, text=True,
     )  # fmt: skip
