@@ -195,18 +195,8 @@ fn an_agent_of_another_protocol_version_is_explained() {
     let identity = Identity::load(&env.creds, Role::Agent).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let addr = rt.block_on(async {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(identity.ca.clone()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
-            .unwrap();
+        // This version's server TLS, with the ALPN of protocol 1.
+        let mut tls = hotsync_transport::endpoint::server_tls(&identity).unwrap();
         tls.alpn_protocols = vec![b"hotsync/1".to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
         let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -111,8 +111,9 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     config
 }
 
-/// The server side's QUIC configuration.
-pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, EndpointError> {
+/// The server side's TLS: TLS 1.3 only, clients must present a certificate the CA signed,
+/// and hotsync's protocol version as ALPN.
+pub fn server_tls(identity: &Identity) -> Result<rustls::ServerConfig, EndpointError> {
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(identity)?), provider()).build().map_err(tls_err)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -125,9 +126,16 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Endpoin
     // No session tickets: a new host process cannot resume (rustls keeps sessions in memory
     // only) and a resumed handshake saves no bytes (QUIC pads the first flights anyway).
     tls.send_tls13_tickets = 0;
+    Ok(tls)
+}
+
+/// The server side's QUIC configuration.
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, EndpointError> {
+    let tls = server_tls(identity)?;
     let crypto = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    // Nor address-validation tokens for later connections: the agent never asks for a retry.
+    // No address-validation tokens for later connections either: the agent never asks for a
+    // retry.
     config.validation_token.sent(0);
     let mut transport = transport_config();
     // The agent sends little (acknowledgements, answers, an index now and then): probing for
